@@ -1,0 +1,209 @@
+"""The service layer: get an aggregate, call it, save it. No network I/O here.
+
+Which store it records into is decided by the environment it is given
+(the library's own settings: PERSISTENCE_MODULE, SQLITE_DBNAME, POSTGRES_*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import RecordConflictError
+
+from mailmigrator.domain.errors import AccountNotFound, ConcurrentUpdate
+from mailmigrator.domain.logins import account_id
+from mailmigrator.domain.model import RUN_ID, AccountMigration, MigrationRun
+
+T = TypeVar("T")
+
+# Concurrent writers to one aggregate are rare (parallel logins of one user,
+# two nodes); a handful of reloads settles them.
+CONFLICT_RETRIES = 8
+
+
+class MigrationService(Application[UUID]):
+    """Records what happens to accounts and to the run, as events."""
+
+    name = "mailmigrator"
+
+    def account(self, login: str) -> AccountMigration:
+        """The account's aggregate; `AccountNotFound` when nothing is recorded."""
+        try:
+            return self.repository.get(account_id(login))
+        except AggregateNotFoundError:
+            raise AccountNotFound(login) from None
+
+    def has_account(self, login: str) -> bool:
+        return account_id(login) in self.repository
+
+    def run(self) -> MigrationRun:
+        """The migration run; a fresh stopped one when nothing is recorded yet."""
+        try:
+            return self.repository.get(RUN_ID)
+        except AggregateNotFoundError:
+            return MigrationRun()
+
+    def history(self, login: str) -> Sequence[DomainEventProtocol[UUID]]:
+        """Every event of one account, oldest first."""
+        events = list(self.events.get(account_id(login)))
+        if not events:
+            raise AccountNotFound(login)
+        return events
+
+    def update_account(
+        self,
+        login: str,
+        command: Callable[[AccountMigration], T],
+        *,
+        register: bool = False,
+    ) -> T:
+        """Apply `command` to the account and save, reloading on a concurrent write.
+
+        With `register`, an account not yet recorded is registered first.
+        """
+        return self._update(lambda: self._load_account(login, register), command)
+
+    def update_run(self, command: Callable[[MigrationRun], T]) -> T:
+        """Apply `command` to the run and save, reloading on a concurrent write."""
+        return self._update(self.run, command)
+
+    def _load_account(self, login: str, register: bool) -> AccountMigration:
+        try:
+            return self.repository.get(account_id(login))
+        except AggregateNotFoundError:
+            if not register:
+                raise AccountNotFound(login) from None
+            return AccountMigration(login=login)
+
+    def _update(self, load: Callable[[], Any], command: Callable[[Any], T]) -> T:
+        for _ in range(CONFLICT_RETRIES):
+            aggregate = load()
+            result = command(aggregate)
+            if not aggregate.pending_events:
+                return result
+            try:
+                self.save(aggregate)
+            except RecordConflictError:
+                continue
+            return result
+        raise ConcurrentUpdate(
+            f"gave up after {CONFLICT_RETRIES} concurrent updates; try again"
+        )
+
+    # Account commands, named as the admin would say them.
+
+    def record_login(
+        self, login: str, protocol: str, client_address: str, local_address: str
+    ) -> AccountMigration:
+        def see(account: AccountMigration) -> AccountMigration:
+            if account.allows("LoginSeen"):
+                account.see_login(protocol, client_address, local_address)
+            return account
+
+        return self.update_account(login, see, register=True)
+
+    def record_password_verified(self, login: str, method: str) -> bool:
+        """Record a verified password; True when this call moved the account out of `seen`."""
+
+        def verify(account: AccountMigration) -> bool:
+            first = account.state == "seen"
+            account.verify_password(method)
+            return first
+
+        return self.update_account(login, verify, register=True)
+
+    def record_password_rejected(self, login: str, reason: str) -> None:
+        self.update_account(login, lambda a: a.reject_password(reason), register=True)
+
+    def record_account_created(
+        self, login: str, target_login: str, aliases: list[str], provisioner: str
+    ) -> None:
+        self.update_account(
+            login, lambda a: a.create_account(target_login, aliases, provisioner)
+        )
+
+    def record_migration_started(
+        self, login: str, folders: list[dict[str, Any]], total_messages: int, total_bytes: int
+    ) -> int:
+        """Record the start (or resume) of a copy; returns the attempt number."""
+
+        def start(account: AccountMigration) -> int:
+            attempt = account.attempts + 1
+            account.start_migration(folders, total_messages, total_bytes, attempt)
+            return attempt
+
+        return self.update_account(login, start)
+
+    def record_folder_copied(self, login: str, **checkpoint: Any) -> None:
+        self.update_account(login, lambda a: a.copy_folder(**checkpoint))
+
+    def record_completed(
+        self,
+        login: str,
+        messages: int,
+        bytes: int,
+        folders: int,
+        duration_seconds: float,
+        passwords_only: bool,
+    ) -> None:
+        self.update_account(
+            login,
+            lambda a: a.complete_migration(
+                messages, bytes, folders, duration_seconds, passwords_only
+            ),
+        )
+
+    def record_failed(self, login: str, reason: str, retryable: bool) -> None:
+        self.update_account(login, lambda a: a.fail_migration(reason, retryable))
+
+    def record_post_script(
+        self, login: str, exit_status: int, duration_seconds: float, timed_out: bool
+    ) -> None:
+        self.update_account(
+            login, lambda a: a.record_post_script(exit_status, duration_seconds, timed_out)
+        )
+
+    def record_swept(self, login: str, folders: dict[str, int], messages: int, bytes: int) -> None:
+        self.update_account(login, lambda a: a.sweep(folders, messages, bytes))
+
+    def record_credential_destroyed(self, login: str, reason: str) -> None:
+        self.update_account(login, lambda a: a.destroy_credential(reason))
+
+    # Run commands: the console's buttons. Each returns False when the run
+    # was already in the asked-for state, so pressing a button twice is harmless.
+
+    def start_run(self, by: str) -> bool:
+        return self.update_run(lambda r: _press(r, "started", r.start, by))
+
+    def stop_run(self, by: str) -> bool:
+        return self.update_run(lambda r: _press(r, "stopped", r.stop, by))
+
+    def request_finish(self, by: str) -> bool:
+        return self.update_run(
+            lambda r: _press(r, "finishing", r.request_finish, by)
+        )
+
+    def complete_finish(self, accounts: int, messages: int) -> None:
+        self.update_run(lambda r: r.complete_finish(accounts, messages))
+
+    def configure_run(self, settings: dict[str, Any]) -> bool:
+        """Record the effective settings when they differ from the last recorded ones."""
+
+        def configure(run: MigrationRun) -> bool:
+            if run.settings == settings:
+                return False
+            run.configure(settings)
+            return True
+
+        return self.update_run(configure)
+
+
+def _press(run: MigrationRun, target: str, command: Callable[[str], None], by: str) -> bool:
+    if run.state == target:
+        return False
+    command(by)
+    return True

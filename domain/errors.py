@@ -1,0 +1,36 @@
+"""Domain errors: each names what was refused and why."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+
+class InvalidLogin(DomainError):
+    """A login name that cannot be normalised."""
+
+
+class IllegalTransition(DomainError):
+    """An event that the current state does not allow."""
+
+    def __init__(self, what: str, state: str, event: str) -> None:
+        super().__init__(f"{what}: {event} is not allowed in state {state!r}")
+        self.state = state
+        self.event = event
+
+
+class AccountNotFound(DomainError):
+    """No account with that login has been recorded."""
+
+    def __init__(self, login: str) -> None:
+        super().__init__(f"no account {login!r} is recorded in the store")
+        self.login = login
+
+
+class AccountAlreadyCreated(DomainError):
+    """The target account was already created; a second creation would duplicate it."""
+
+
+class ConcurrentUpdate(DomainError):
+    """Another writer kept changing the same aggregate; the command gave up."""

@@ -1,0 +1,281 @@
+"""Aggregates: one account's migration, and the migration run (the console's buttons).
+
+Payloads are primitives only. A password or a message body never enters an event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+from mailmigrator.domain.errors import AccountAlreadyCreated, IllegalTransition
+from mailmigrator.domain.logins import account_id
+from mailmigrator.domain.states import (
+    ACCOUNT_TRANSITIONS,
+    LOCKED_STATES,
+    RUN_TRANSITIONS,
+    next_state,
+)
+
+RUN_ID = uuid.uuid5(uuid.UUID("6f0b7f36-7c1e-5c34-9a53-3c2a3a0e4d11"), "migration-run")
+
+
+class AccountMigration(Aggregate):
+    """The migration of one mail account from the old server to the new one."""
+
+    class Registered(Aggregate.Created):
+        login: str
+
+    class LoginSeen(Aggregate.Event):
+        protocol: str
+        client_address: str
+        local_address: str
+
+        # v1 had no local_address: it came with multi-domain routing.
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["local_address"] = ""
+
+    class PasswordVerified(Aggregate.Event):
+        method: str
+
+    class PasswordRejected(Aggregate.Event):
+        reason: str
+
+    class AccountCreated(Aggregate.Event):
+        target_login: str
+        aliases: list[str]
+        provisioner: str
+
+    class MigrationStarted(Aggregate.Event):
+        folders: list[dict[str, Any]]
+        total_messages: int
+        total_bytes: int
+        attempt: int
+
+    class FolderCopied(Aggregate.Event):
+        source_folder: str
+        target_folder: str
+        uidvalidity: int
+        highest_uid: int
+        messages: int
+        bytes: int
+        skipped: list[dict[str, Any]]
+        done: bool
+
+    class MigrationCompleted(Aggregate.Event):
+        messages: int
+        bytes: int
+        folders: int
+        duration_seconds: float
+        passwords_only: bool
+
+    class MigrationFailed(Aggregate.Event):
+        reason: str
+        retryable: bool
+
+    class PostScriptRan(Aggregate.Event):
+        exit_status: int
+        duration_seconds: float
+        timed_out: bool
+
+    class FinishSwept(Aggregate.Event):
+        folders: dict[str, int]
+        messages: int
+        bytes: int
+
+    class CredentialDestroyed(Aggregate.Event):
+        reason: str
+
+    @staticmethod
+    def create_id(login: str) -> uuid.UUID:
+        return account_id(login)
+
+    @event(Registered)
+    def __init__(self, login: str) -> None:
+        self.login = login
+        self.state = "seen"
+        self.target_login: str | None = None
+        self.aliases: list[str] = []
+        self.folders: dict[str, dict[str, Any]] = {}
+        self.attempts = 0
+        self.last_error: str | None = None
+        self.failed_retryable = False
+        self.credential_destroyed = False
+        self.swept_messages = 0
+
+    @property
+    def locked(self) -> bool:
+        return self.state in LOCKED_STATES
+
+    @property
+    def created(self) -> bool:
+        return self.target_login is not None
+
+    def allows(self, event_name: str) -> bool:
+        """Whether the state machine allows `event_name` now."""
+        return next_state(ACCOUNT_TRANSITIONS, self.state, event_name) is not None
+
+    def _advance(self, event_name: str) -> None:
+        new_state = next_state(ACCOUNT_TRANSITIONS, self.state, event_name)
+        if new_state is None:
+            raise IllegalTransition(f"account {self.login}", self.state, event_name)
+        self.state = new_state
+
+    @event(LoginSeen)
+    def see_login(self, protocol: str, client_address: str, local_address: str) -> None:
+        self._advance("LoginSeen")
+
+    @event(PasswordVerified)
+    def verify_password(self, method: str) -> None:
+        self._advance("PasswordVerified")
+
+    @event(PasswordRejected)
+    def reject_password(self, reason: str) -> None:
+        self._advance("PasswordRejected")
+
+    @event(AccountCreated)
+    def create_account(self, target_login: str, aliases: list[str], provisioner: str) -> None:
+        if self.target_login is not None:
+            raise AccountAlreadyCreated(
+                f"account {self.login}: already created on the new server as {self.target_login}"
+            )
+        self._advance("AccountCreated")
+        self.target_login = target_login
+        self.aliases = list(aliases)
+
+    @event(MigrationStarted)
+    def start_migration(
+        self, folders: list[dict[str, Any]], total_messages: int, total_bytes: int, attempt: int
+    ) -> None:
+        self._advance("MigrationStarted")
+        self.attempts = attempt
+        self.last_error = None
+
+    @event(FolderCopied)
+    def copy_folder(
+        self,
+        source_folder: str,
+        target_folder: str,
+        uidvalidity: int,
+        highest_uid: int,
+        messages: int,
+        bytes: int,
+        skipped: list[dict[str, Any]],
+        done: bool,
+    ) -> None:
+        self._advance("FolderCopied")
+        previous = self.folders.get(source_folder)
+        if previous is not None and previous["uidvalidity"] == uidvalidity:
+            messages += previous["messages"]
+            bytes += previous["bytes"]
+            skipped_count = previous["skipped"] + len(skipped)
+        else:
+            skipped_count = len(skipped)
+        self.folders[source_folder] = {
+            "target": target_folder,
+            "uidvalidity": uidvalidity,
+            "highest_uid": highest_uid,
+            "messages": messages,
+            "bytes": bytes,
+            "skipped": skipped_count,
+            "done": done,
+        }
+
+    @event(MigrationCompleted)
+    def complete_migration(
+        self,
+        messages: int,
+        bytes: int,
+        folders: int,
+        duration_seconds: float,
+        passwords_only: bool,
+    ) -> None:
+        self._advance("MigrationCompleted")
+        self.last_error = None
+
+    @event(MigrationFailed)
+    def fail_migration(self, reason: str, retryable: bool) -> None:
+        self._advance("MigrationFailed")
+        self.last_error = reason
+        self.failed_retryable = retryable
+
+    @event(PostScriptRan)
+    def record_post_script(self, exit_status: int, duration_seconds: float, timed_out: bool) -> None:
+        self._advance("PostScriptRan")
+
+    @event(FinishSwept)
+    def sweep(self, folders: dict[str, int], messages: int, bytes: int) -> None:
+        self._advance("FinishSwept")
+        self.swept_messages += messages
+
+    @event(CredentialDestroyed)
+    def destroy_credential(self, reason: str) -> None:
+        self._advance("CredentialDestroyed")
+        self.credential_destroyed = True
+
+
+class MigrationRun(Aggregate):
+    """The migration as a whole: what the Start, Stop and Finish buttons record."""
+
+    class Opened(Aggregate.Created):
+        pass
+
+    class Configured(Aggregate.Event):
+        settings: dict[str, Any]
+
+    class Started(Aggregate.Event):
+        by: str
+
+    class Stopped(Aggregate.Event):
+        by: str
+
+    class FinishRequested(Aggregate.Event):
+        by: str
+
+    class FinishCompleted(Aggregate.Event):
+        accounts: int
+        messages: int
+
+    @staticmethod
+    def create_id() -> uuid.UUID:
+        return RUN_ID
+
+    @event(Opened)
+    def __init__(self) -> None:
+        self.state = "stopped"
+        self.settings: dict[str, Any] = {}
+
+    def allows(self, event_name: str) -> bool:
+        return next_state(RUN_TRANSITIONS, self.state, event_name) is not None
+
+    def _advance(self, event_name: str) -> None:
+        new_state = next_state(RUN_TRANSITIONS, self.state, event_name)
+        if new_state is None:
+            raise IllegalTransition("migration run", self.state, event_name)
+        self.state = new_state
+
+    @event(Configured)
+    def configure(self, settings: dict[str, Any]) -> None:
+        self._advance("Configured")
+        self.settings = dict(settings)
+
+    @event(Started)
+    def start(self, by: str) -> None:
+        self._advance("Started")
+
+    @event(Stopped)
+    def stop(self, by: str) -> None:
+        self._advance("Stopped")
+
+    @event(FinishRequested)
+    def request_finish(self, by: str) -> None:
+        self._advance("FinishRequested")
+
+    @event(FinishCompleted)
+    def complete_finish(self, accounts: int, messages: int) -> None:
+        self._advance("FinishCompleted")

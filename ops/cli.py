@@ -1,0 +1,278 @@
+"""The `mailmigrator` command line (contract: shared/spec/cli.md).
+
+Exit status: 0 success; 1 the operation failed or found a difference;
+2 bad usage or bad configuration (one line on stderr naming what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import PersistenceError
+
+from mailmigrator.adapters.store import StoreError, StoreSettingError, create_key_file
+from mailmigrator.domain.errors import DomainError, InvalidLogin
+from mailmigrator.domain.logins import normalise_login
+from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
+from mailmigrator.ops.wiring import Wired, open_store
+from mailmigrator.projections.accounts import event_name
+from mailmigrator.projections.log import human_bytes
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandFailed(Exception):
+    """The operation failed; the message is the one line to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"mailmigrator: {message} (see mailmigrator --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mailmigrator", description="Zero-downtime IMAP/POP3 mail-server migration.")
+    parser.add_argument("--config", type=Path, help="config file (default $MAILMIGRATOR_CONFIG, else ./mailmigrator.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("status", help="the run's state and every account with its state")
+    p.add_argument("--state", help="only accounts in this state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("show", help="one account's projection, with its folders")
+    p.add_argument("login")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("history", help="every event of one account, in order: the auditor's view")
+    p.add_argument("login")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("log", help="print the human-readable migration log")
+    p.add_argument("--follow", action="store_true", help="keep printing new lines until interrupted")
+
+    sub.add_parser("replay", help="drop and rebuild every projection and the log file from the events")
+    sub.add_parser("start", help="record the Start Migration button")
+    sub.add_parser("stop", help="record the Stop Migration button")
+
+    p = sub.add_parser("keygen", help="create a new AES key file (mode 0600) for [store] encryption_key_file")
+    p.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "keygen":
+            return cmd_keygen(args)
+        config_path = args.config or default_config_path()
+        config = load_config(config_path, allow_missing=args.config is None)
+        return COMMANDS[args.command](config, args)
+    except (ConfigError, StoreSettingError) as e:
+        return _fail(EXIT_USAGE, str(e))
+    except InvalidLogin as e:
+        return _fail(EXIT_USAGE, f"{e}; give LOGIN as user@domain or set [migration] primary_domain")
+    except (StoreError, DomainError, CommandFailed) as e:
+        return _fail(EXIT_FAILED, str(e))
+    except PersistenceError as e:
+        return _fail(EXIT_FAILED, f"event store error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"mailmigrator: {message}", file=sys.stderr)
+    return code
+
+
+def _open(config: Config, *, create: bool = False) -> Wired | None:
+    wired = open_store(config, create=create)
+    if wired is not None:
+        wired.views.catch_up()
+    return wired
+
+
+def _login(config: Config, raw: str) -> str:
+    return normalise_login(raw, config.migration.primary_domain)
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    wired = _open(config)
+    if wired is None:
+        run: dict[str, Any] = {"state": "stopped"}
+        accounts: list[dict[str, Any]] = []
+        print(f"mailmigrator: no events recorded yet in {config.store.url}", file=sys.stderr)
+    else:
+        run = wired.views.run_status()
+        accounts = wired.views.accounts(args.state)
+        wired.close()
+    if args.json:
+        out = {
+            "run": {"state": run["state"], "updated_at": run.get("updated_at")},
+            "accounts": [_account_json(doc) for doc in accounts],
+        }
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return EXIT_OK
+    counts: dict[str, int] = {}
+    for doc in accounts:
+        counts[doc["state"]] = counts.get(doc["state"], 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no accounts"
+    print(f"run: {run['state']}    accounts: {len(accounts)} ({summary})")
+    if accounts:
+        print(f"{'LOGIN':32} {'STATE':10} {'LOCKED':6} {'FOLDERS':>7} {'MESSAGES':>9} {'SIZE':>10}  ERROR")
+        for doc in accounts:
+            print(
+                f"{doc['login']:32} {doc['state']:10} {'yes' if doc['locked'] else 'no':6} "
+                f"{len(doc['folders']):>7} {doc['messages']:>9,} {human_bytes(doc['bytes']):>10}  "
+                f"{doc['error'] or ''}"
+            )
+    return EXIT_OK
+
+
+def _account_json(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {key: value for key, value in doc.items() if key != "folders"}
+    out["folders"] = len(doc["folders"])
+    return out
+
+
+def cmd_show(config: Config, args: argparse.Namespace) -> int:
+    login = _login(config, args.login)
+    wired = _open(config)
+    doc = wired.views.account(login) if wired else None
+    if wired:
+        wired.close()
+    if doc is None:
+        raise CommandFailed(f"no account {login!r} is recorded; `mailmigrator status` lists them")
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return EXIT_OK
+    for key in ("login", "state", "locked", "redirect", "target_login", "aliases", "messages", "bytes",
+                "skipped", "attempts", "first_seen", "verified_at", "started_at", "completed_at",
+                "swept_messages", "credential_destroyed_at", "error"):
+        value = doc.get(key)
+        if key == "bytes":
+            value = f"{value:,} ({human_bytes(value)})"
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
+        print(f"{key + ':':24} {'-' if value is None else value}")
+    if doc["folders"]:
+        print(f"{'FOLDER':30} {'TARGET':30} {'MESSAGES':>9} {'SIZE':>10} {'SKIPPED':>7} DONE")
+        for name, folder in sorted(doc["folders"].items()):
+            print(
+                f"{name:30} {folder['target']:30} {folder['messages']:>9,} "
+                f"{human_bytes(folder['bytes']):>10} {folder['skipped']:>7} {'yes' if folder['done'] else 'no'}"
+            )
+    return EXIT_OK
+
+
+def cmd_history(config: Config, args: argparse.Namespace) -> int:
+    login = _login(config, args.login)
+    wired = open_store(config, create=False)
+    if wired is None:
+        raise CommandFailed(f"no account {login!r} is recorded; `mailmigrator status` lists them")
+    try:
+        events = wired.app.history(login)
+    finally:
+        wired.close()
+    rows = [_event_row(event) for event in events]
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return EXIT_OK
+    for row in rows:
+        fields = " ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["data"].items()))
+        print(f"{row['at']}  v{row['version']:<4} {row['event']:20} {fields}")
+    return EXIT_OK
+
+
+def _event_row(event: Any) -> dict[str, Any]:
+    skip = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+    data = {k: v for k, v in vars(event).items() if k not in skip}
+    return {
+        "at": event.timestamp.isoformat(),
+        "version": event.originator_version,
+        "event": event_name(event),
+        "data": data,
+    }
+
+
+def cmd_log(config: Config, args: argparse.Namespace) -> int:
+    wired = _open(config)
+    if wired is None:
+        return EXIT_OK
+    try:
+        printed = 0
+        while True:
+            lines = wired.views.log_lines(after=printed)
+            for line in lines:
+                print(line)
+            printed += len(lines)
+            if not args.follow:
+                return EXIT_OK
+            sys.stdout.flush()
+            time.sleep(1.0)
+            wired.views.catch_up()
+    finally:
+        wired.close()
+
+
+def cmd_replay(config: Config, args: argparse.Namespace) -> int:
+    wired = open_store(config, create=False)
+    if wired is None:
+        raise CommandFailed(f"no events recorded yet in {config.store.url}: nothing to replay")
+    try:
+        started = time.monotonic()
+        count = wired.views.replay()
+        elapsed = time.monotonic() - started
+    finally:
+        wired.close()
+    rate = count / elapsed if elapsed > 0 else 0.0
+    print(f"replayed {count:,} events in {elapsed:.1f} s ({rate:,.0f} events/s)")
+    return EXIT_OK
+
+
+def _press(config: Config, action: Callable[[Wired], bool], done: str, already: str) -> int:
+    wired = _open(config, create=True)
+    assert wired is not None
+    try:
+        wired.app.configure_run(config.general_settings())
+        changed = action(wired)
+        wired.views.catch_up()
+    finally:
+        wired.close()
+    print(done if changed else already)
+    return EXIT_OK
+
+
+def cmd_start(config: Config, args: argparse.Namespace) -> int:
+    return _press(config, lambda w: w.app.start_run("cli"), "migration started", "migration was already started")
+
+
+def cmd_stop(config: Config, args: argparse.Namespace) -> int:
+    return _press(config, lambda w: w.app.stop_run("cli"), "migration stopped", "migration was already stopped")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        create_key_file(args.file)
+    except FileExistsError:
+        return _fail(EXIT_FAILED, f"{args.file} exists; refusing to overwrite a key (events encrypted with it would be lost)")
+    except OSError as e:
+        return _fail(EXIT_FAILED, f"{args.file}: {e.strerror}")
+    print(f"wrote a new AES-256 key to {args.file} (mode 0600); back it up: without it the events cannot be read")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "show": cmd_show,
+    "history": cmd_history,
+    "log": cmd_log,
+    "replay": cmd_replay,
+    "start": cmd_start,
+    "stop": cmd_stop,
+}

@@ -1,0 +1,156 @@
+"""Folding events into the read models: pure functions over plain dicts.
+
+An account document is what `status`, `show` and the console show of one
+account; the run document likewise for the run. Both are rebuilt exactly by
+replaying the same events through the same functions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from mailmigrator.domain.states import LOCKED_STATES
+
+
+def event_name(event: Any) -> str:
+    return type(event).__qualname__.rpartition(".")[2]
+
+
+def new_account_doc(login: str, at: str) -> dict[str, Any]:
+    return {
+        "login": login,
+        "state": "seen",
+        "locked": False,
+        "target_login": None,
+        "aliases": [],
+        "folders": {},
+        "messages": 0,
+        "bytes": 0,
+        "planned_messages": 0,
+        "planned_bytes": 0,
+        "skipped": 0,
+        "attempts": 0,
+        "logins": 0,
+        "last_protocol": None,
+        "first_seen": at,
+        "verified_at": None,
+        "started_at": None,
+        "completed_at": None,
+        "updated_at": at,
+        "error": None,
+        "retryable": None,
+        "post_script": None,
+        "swept_messages": 0,
+        "swept_at": None,
+        "credential_destroyed_at": None,
+        "passwords_only": False,
+    }
+
+
+def new_run_doc() -> dict[str, Any]:
+    return {"state": "stopped", "settings": {}, "updated_at": None, "finished_at": None}
+
+
+def apply_to_account(doc: dict[str, Any], event: Any) -> None:
+    """Update one account document in place with one event of its aggregate."""
+    name = event_name(event)
+    at = iso(event.timestamp)
+    doc["updated_at"] = at
+    if name == "LoginSeen":
+        doc["logins"] += 1
+        doc["last_protocol"] = event.protocol
+    elif name == "PasswordVerified":
+        doc["verified_at"] = doc["verified_at"] or at
+        if doc["state"] == "seen":
+            doc["state"] = "verified"
+    elif name == "AccountCreated":
+        doc["state"] = "created"
+        doc["target_login"] = event.target_login
+        doc["aliases"] = list(event.aliases)
+    elif name == "MigrationStarted":
+        doc["state"] = "copying"
+        doc["started_at"] = doc["started_at"] or at
+        doc["attempts"] = event.attempt
+        doc["planned_messages"] = event.total_messages
+        doc["planned_bytes"] = event.total_bytes
+        doc["error"] = None
+        doc["retryable"] = None
+        for planned in event.folders:
+            doc["folders"].setdefault(
+                planned["source"],
+                {
+                    "target": planned.get("target", planned["source"]),
+                    "messages": 0,
+                    "bytes": 0,
+                    "skipped": 0,
+                    "planned_messages": planned.get("messages", 0),
+                    "done": False,
+                    "uidvalidity": None,
+                    "highest_uid": 0,
+                },
+            )
+    elif name == "FolderCopied":
+        folder = doc["folders"].setdefault(
+            event.source_folder,
+            {"target": event.target_folder, "messages": 0, "bytes": 0, "skipped": 0,
+             "planned_messages": 0, "done": False, "uidvalidity": None, "highest_uid": 0},
+        )
+        folder["target"] = event.target_folder
+        folder["uidvalidity"] = event.uidvalidity
+        folder["highest_uid"] = event.highest_uid
+        folder["messages"] += event.messages
+        folder["bytes"] += event.bytes
+        folder["skipped"] += len(event.skipped)
+        folder["done"] = event.done
+        doc["messages"] += event.messages
+        doc["bytes"] += event.bytes
+        doc["skipped"] += len(event.skipped)
+    elif name == "MigrationCompleted":
+        doc["state"] = "completed"
+        doc["completed_at"] = at
+        doc["error"] = None
+        doc["retryable"] = None
+        doc["passwords_only"] = event.passwords_only
+    elif name == "MigrationFailed":
+        doc["state"] = "failed"
+        doc["error"] = event.reason
+        doc["retryable"] = event.retryable
+    elif name == "PostScriptRan":
+        doc["post_script"] = {
+            "exit_status": event.exit_status,
+            "duration_seconds": event.duration_seconds,
+            "timed_out": event.timed_out,
+            "at": at,
+        }
+    elif name == "FinishSwept":
+        doc["state"] = "swept"
+        doc["swept_messages"] += event.messages
+        doc["messages"] += event.messages
+        doc["bytes"] += event.bytes
+        doc["swept_at"] = at
+    elif name == "CredentialDestroyed":
+        doc["credential_destroyed_at"] = at
+    doc["locked"] = doc["state"] in LOCKED_STATES
+
+
+def apply_to_run(doc: dict[str, Any], event: Any) -> None:
+    """Update the run document in place with one event of the run aggregate."""
+    name = event_name(event)
+    at = iso(event.timestamp)
+    doc["updated_at"] = at
+    if name == "Configured":
+        doc["settings"] = dict(event.settings)
+    elif name == "Started":
+        doc["state"] = "started"
+    elif name == "Stopped":
+        doc["state"] = "stopped"
+    elif name == "FinishRequested":
+        doc["state"] = "finishing"
+    elif name == "FinishCompleted":
+        doc["state"] = "finished"
+        doc["finished_at"] = at
+
+
+def iso(timestamp: datetime) -> str:
+    return timestamp.isoformat(timespec="microseconds")
