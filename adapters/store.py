@@ -109,13 +109,15 @@ def create_key_file(path: Path) -> None:
         f.write(key + "\n")
 
 
-def store_environment(location: StoreLocation, cipher_key: str | None = None) -> dict[str, str]:
+def store_environment(
+    location: StoreLocation, cipher_key: str | None = None, lock_timeout: float = 10.0
+) -> dict[str, str]:
     """The eventsourcing settings for this location."""
     env: dict[str, str] = {}
     if location.kind == "sqlite":
         env["PERSISTENCE_MODULE"] = "eventsourcing.sqlite"
         env["SQLITE_DBNAME"] = str(location.sqlite_path)
-        env["SQLITE_LOCK_TIMEOUT"] = "10"
+        env["SQLITE_LOCK_TIMEOUT"] = str(int(max(1, lock_timeout)))
     else:
         env.update(
             PERSISTENCE_MODULE="eventsourcing.postgres",
@@ -136,7 +138,7 @@ def store_environment(location: StoreLocation, cipher_key: str | None = None) ->
     return env
 
 
-def check_store(location: StoreLocation, *, must_exist: bool) -> bool:
+def check_store(location: StoreLocation, *, must_exist: bool, lock_timeout: float = 10.0) -> bool:
     """Check the store can be opened; returns False when an SQLite file does not exist yet.
 
     Raises `StoreError` with one line naming the cause otherwise.
@@ -153,7 +155,7 @@ def check_store(location: StoreLocation, *, must_exist: bool) -> bool:
         if not os.access(path, os.R_OK):
             raise StoreError(f"store file {path} is not readable by this user")
         try:
-            with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10) as conn:
+            with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=lock_timeout) as conn:
                 conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.OperationalError as e:
             if "locked" in str(e):

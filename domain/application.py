@@ -6,6 +6,8 @@ Which store it records into is decided by the environment it is given
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -21,8 +23,8 @@ from mailmigrator.domain.model import RUN_ID, AccountMigration, MigrationRun
 T = TypeVar("T")
 
 # Concurrent writers to one aggregate are rare (parallel logins of one user,
-# two nodes); a handful of reloads settles them.
-CONFLICT_RETRIES = 8
+# two nodes); reloads with a short random pause settle them.
+CONFLICT_RETRIES = 30
 
 
 class MigrationService(Application[UUID]):
@@ -88,6 +90,8 @@ class MigrationService(Application[UUID]):
             try:
                 self.save(aggregate)
             except RecordConflictError:
+                # Random spread so that the same writers do not collide again in step.
+                time.sleep(random.uniform(0, 0.02))
                 continue
             return result
         raise ConcurrentUpdate(

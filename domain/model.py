@@ -66,6 +66,11 @@ class AccountMigration(Aggregate):
         bytes: int
         skipped: list[dict[str, Any]]
         done: bool
+        # Where the target stood at this checkpoint: a resume only fingerprints
+        # target messages from target_uidnext on. last_uidl is the POP3 marker.
+        target_uidvalidity: int
+        target_uidnext: int
+        last_uidl: str
 
     class MigrationCompleted(Aggregate.Event):
         messages: int
@@ -140,7 +145,7 @@ class AccountMigration(Aggregate):
 
     @event(AccountCreated)
     def create_account(self, target_login: str, aliases: list[str], provisioner: str) -> None:
-        if self.target_login is not None:
+        if self.allows("AccountCreated") and self.target_login is not None:
             raise AccountAlreadyCreated(
                 f"account {self.login}: already created on the new server as {self.target_login}"
             )
@@ -167,6 +172,9 @@ class AccountMigration(Aggregate):
         bytes: int,
         skipped: list[dict[str, Any]],
         done: bool,
+        target_uidvalidity: int = 0,
+        target_uidnext: int = 0,
+        last_uidl: str = "",
     ) -> None:
         self._advance("FolderCopied")
         previous = self.folders.get(source_folder)
@@ -184,6 +192,9 @@ class AccountMigration(Aggregate):
             "bytes": bytes,
             "skipped": skipped_count,
             "done": done,
+            "target_uidvalidity": target_uidvalidity,
+            "target_uidnext": target_uidnext,
+            "last_uidl": last_uidl,
         }
 
     @event(MigrationCompleted)

@@ -33,6 +33,7 @@ class Endpoint:
 class StoreConfig:
     url: str
     encryption_key_file: Path | None = None
+    lock_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class Config:
 _STRING, _INT, _BOOL, _FLOAT, _PATH, _LIST, _ENDPOINTS = "str", "int", "bool", "float", "path", "list", "endpoints"
 
 _SCHEMA: dict[str, dict[str, Any]] = {
-    "store": {"url": _STRING, "encryption_key_file": _PATH},
+    "store": {"url": _STRING, "encryption_key_file": _PATH, "lock_timeout": _FLOAT},
     "source": {
         "host": _STRING,
         "protocol": ("imap", "pop3", "both"),
@@ -234,8 +235,9 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
 
     store = sections["store"]
     store_cfg = StoreConfig(
-        url=store.get("url") or f"sqlite:///{base / 'mailmigrator.sqlite'}",
+        url=store.get("url") or f"sqlite://{base / 'mailmigrator.sqlite'}",
         encryption_key_file=store.get("encryption_key_file"),
+        lock_timeout=store.get("lock_timeout", 10.0),
     )
 
     source_cfg = None

@@ -37,11 +37,11 @@ def open_store(config: Config, *, create: bool) -> Wired | None:
     (nothing is recorded) and nothing is written.
     """
     location = parse_store_url(config.store.url, config.base_dir)
-    exists = check_store(location, must_exist=False)
+    exists = check_store(location, must_exist=False, lock_timeout=config.store.lock_timeout)
     if not exists and not create:
         return None
     key = read_key_file(config.store.encryption_key_file) if config.store.encryption_key_file else None
-    env = store_environment(location, key)
+    env = store_environment(location, key, config.store.lock_timeout)
     try:
         app = MigrationService(env=env)
         views = MigrationViews(app, log_file=config.migration.log_file)

@@ -1,0 +1,163 @@
+"""Every legal and every illegal transition of both state machines, walked from the tables."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+import pytest
+
+from mailmigrator.domain.errors import AccountAlreadyCreated, IllegalTransition
+from mailmigrator.domain.model import AccountMigration, MigrationRun
+from mailmigrator.domain.states import (
+    ACCOUNT_STATES,
+    ACCOUNT_TRANSITIONS,
+    LOCKED_STATES,
+    RUN_STATES,
+    RUN_TRANSITIONS,
+)
+
+ACCOUNT_COMMANDS: dict[str, Callable[[AccountMigration], None]] = {
+    "LoginSeen": lambda a: a.see_login("imap", "127.0.0.9", "127.0.0.1"),
+    "PasswordVerified": lambda a: a.verify_password("imap-login"),
+    "PasswordRejected": lambda a: a.reject_password("authentication failed"),
+    "AccountCreated": lambda a: a.create_account(a.login, [], "passwd-file"),
+    "MigrationStarted": lambda a: a.start_migration([{"source": "INBOX"}], 3, 300, a.attempts + 1),
+    "FolderCopied": lambda a: a.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True),
+    "MigrationCompleted": lambda a: a.complete_migration(3, 300, 1, 1.5, False),
+    "MigrationFailed": lambda a: a.fail_migration("connection reset", True),
+    "PostScriptRan": lambda a: a.record_post_script(0, 0.2, False),
+    "FinishSwept": lambda a: a.sweep({"INBOX": 1}, 1, 100),
+    "CredentialDestroyed": lambda a: a.destroy_credential("swept"),
+}
+
+RUN_COMMANDS: dict[str, Callable[[MigrationRun], None]] = {
+    "Configured": lambda r: r.configure({"source_host": "old"}),
+    "Started": lambda r: r.start("test"),
+    "Stopped": lambda r: r.stop("test"),
+    "FinishRequested": lambda r: r.request_finish("test"),
+    "FinishCompleted": lambda r: r.complete_finish(2, 5),
+}
+
+
+def shortest_paths(table: dict[str, dict[str, str]], initial: str) -> dict[str, list[str]]:
+    """For each state, the shortest list of event names that reaches it from `initial`."""
+    paths = {initial: []}
+    queue = deque([initial])
+    while queue:
+        state = queue.popleft()
+        for event_name, target in table[state].items():
+            if target not in paths:
+                paths[target] = paths[state] + [event_name]
+                queue.append(target)
+    return paths
+
+
+ACCOUNT_PATHS = shortest_paths(ACCOUNT_TRANSITIONS, "seen")
+RUN_PATHS = shortest_paths(RUN_TRANSITIONS, "stopped")
+
+
+def account_in(state: str) -> AccountMigration:
+    account = AccountMigration(login="alice@example.com")
+    for name in ACCOUNT_PATHS[state]:
+        ACCOUNT_COMMANDS[name](account)
+    assert account.state == state
+    return account
+
+
+def run_in(state: str) -> MigrationRun:
+    run = MigrationRun()
+    for name in RUN_PATHS[state]:
+        RUN_COMMANDS[name](run)
+    assert run.state == state
+    return run
+
+
+def test_tables_cover_exactly_the_declared_states_and_commands() -> None:
+    assert set(ACCOUNT_TRANSITIONS) == set(ACCOUNT_STATES)
+    assert set(RUN_TRANSITIONS) == set(RUN_STATES)
+    assert set(ACCOUNT_PATHS) == set(ACCOUNT_STATES), "every account state is reachable"
+    assert set(RUN_PATHS) == set(RUN_STATES), "every run state is reachable"
+    used = {e for row in ACCOUNT_TRANSITIONS.values() for e in row}
+    assert used == set(ACCOUNT_COMMANDS)
+    assert {e for row in RUN_TRANSITIONS.values() for e in row} == set(RUN_COMMANDS)
+
+
+ACCOUNT_PAIRS = [(s, e) for s in ACCOUNT_STATES for e in ACCOUNT_COMMANDS]
+
+
+@pytest.mark.parametrize(("state", "event_name"), ACCOUNT_PAIRS)
+def test_account_transition(state: str, event_name: str) -> None:
+    account = account_in(state)
+    before = len(account.collect_events())
+    target = ACCOUNT_TRANSITIONS[state].get(event_name)
+    if event_name == "AccountCreated" and target is not None and account.created:
+        # The table allows creation from `failed`, but never a second account.
+        with pytest.raises(AccountAlreadyCreated):
+            ACCOUNT_COMMANDS[event_name](account)
+        assert account.state == state
+        return
+    if target is None:
+        with pytest.raises(IllegalTransition) as info:
+            ACCOUNT_COMMANDS[event_name](account)
+        assert info.value.state == state and info.value.event == event_name
+        assert account.state == state
+        assert account.collect_events() == [], "a refused command records nothing"
+        return
+    ACCOUNT_COMMANDS[event_name](account)
+    assert before >= 1
+    assert account.state == target
+    assert account.locked == (target in LOCKED_STATES)
+    events = account.collect_events()
+    assert [type(e).__name__ for e in events] == [event_name]
+
+
+RUN_PAIRS = [(s, e) for s in RUN_STATES for e in RUN_COMMANDS]
+
+
+@pytest.mark.parametrize(("state", "event_name"), RUN_PAIRS)
+def test_run_transition(state: str, event_name: str) -> None:
+    run = run_in(state)
+    run.collect_events()
+    target = RUN_TRANSITIONS[state].get(event_name)
+    if target is None:
+        with pytest.raises(IllegalTransition):
+            RUN_COMMANDS[event_name](run)
+        assert run.state == state
+        assert run.collect_events() == []
+    else:
+        RUN_COMMANDS[event_name](run)
+        assert run.state == target
+        assert [type(e).__name__ for e in run.collect_events()] == [event_name]
+
+
+def test_failed_account_resumes_into_the_flow_where_it_stopped() -> None:
+    account = account_in("copying")
+    account.fail_migration("timeout", True)
+    assert account.locked and account.last_error == "timeout"
+    account.start_migration([], 0, 0, 2)
+    assert account.state == "copying" and account.last_error is None
+
+
+def test_ids_are_deterministic_per_login() -> None:
+    a = AccountMigration(login="bob@example.com")
+    b = AccountMigration(login="bob@example.com")
+    c = AccountMigration(login="carol@example.com")
+    assert a.id == b.id != c.id
+
+
+def test_folder_checkpoints_accumulate_and_reset_on_new_uidvalidity() -> None:
+    account = account_in("copying")
+    account.copy_folder("INBOX", "INBOX", 7, 10, 10, 1000, [], False)
+    account.copy_folder("INBOX", "INBOX", 7, 15, 5, 500, [{"uid": 12, "reason": "too large"}], True)
+    checkpoint = account.folders["INBOX"]
+    assert {k: checkpoint[k] for k in ("target", "uidvalidity", "highest_uid", "messages", "bytes", "skipped", "done")} == {
+        "target": "INBOX", "uidvalidity": 7, "highest_uid": 15, "messages": 15,
+        "bytes": 1500, "skipped": 1, "done": True,
+    }
+    account.copy_folder("INBOX", "INBOX", 8, 3, 3, 30, [], True)
+    assert account.folders["INBOX"]["messages"] == 3
+
+
+def _payload(event: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(event).items() if k not in {"originator_id", "timestamp"}}
