@@ -30,10 +30,7 @@ BATCH_SIZE = 1000
 
 def view_store_for(app: MigrationService) -> ViewStore:
     """The view tables on the same database as the application's events."""
-    datastore = app.factory.datastore  # type: ignore[attr-defined]
-    postgres = type(datastore).__module__.endswith("postgres")
-    schema = getattr(datastore, "schema", "") if postgres else ""
-    store = ViewStore(datastore, postgres=postgres, schema=schema)
+    store: ViewStore = ViewStore.on(app.factory)
     store.create_tables()
     return store
 

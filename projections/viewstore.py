@@ -9,12 +9,13 @@ rolled back whole, so no event is lost or applied twice, whichever process
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsourcing.persistence import TrackingRecorder, Tracking
+from eventsourcing.persistence import Tracking, TrackingRecorder
+
+from mailmigrator.adapters.sql_tables import SqlTables, rowcount
 
 PROJECTION_NAME = "migration_views"
 
@@ -34,25 +35,11 @@ class ViewBatch:
     log_lines: list[tuple[int, int, str, str]] = field(default_factory=list)  # position, seq, login, line
 
 
-class ViewStore(TrackingRecorder):
+class ViewStore(SqlTables, TrackingRecorder):
     """The tables of the read models, on the application's own datastore."""
 
-    def __init__(self, datastore: Any, *, postgres: bool, schema: str = "") -> None:
-        self.datastore = datastore
-        self.postgres = postgres
-        self.prefix = f'"{schema}".' if postgres and schema else ""
-
-    def sql(self, statement: str) -> str:
-        statement = statement.replace("{p}", self.prefix)
-        return statement if self.postgres else statement.replace("%s", "?")
-
-    @contextmanager
-    def _cursor(self, commit: bool) -> Iterator[Any]:
-        with self.datastore.transaction(commit=commit) as cursor:
-            yield cursor
-
     def create_tables(self) -> None:
-        bigint = "BIGINT" if self.postgres else "INTEGER"
+        bigint = self.bigint
         statements = [
             "CREATE TABLE IF NOT EXISTS {p}mm_tracking (name TEXT PRIMARY KEY, position "
             + bigint + " NOT NULL)",
@@ -97,7 +84,7 @@ class ViewStore(TrackingRecorder):
                 self.sql("INSERT INTO {p}mm_tracking (name, position) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"),
                 (name, new),
             )
-            if _rowcount(c) == 1:
+            if rowcount(c) == 1:
                 return
             if expected is None:
                 c.execute(self.sql("UPDATE {p}mm_tracking SET position = %s WHERE name = %s"), (new, name))
@@ -106,7 +93,7 @@ class ViewStore(TrackingRecorder):
             self.sql("UPDATE {p}mm_tracking SET position = %s WHERE name = %s AND position = %s"),
             (new, name, expected),
         )
-        if _rowcount(c) != 1:
+        if rowcount(c) != 1:
             raise StalePosition(f"{name}: position moved away from {expected}")
 
     # Views
@@ -208,7 +195,3 @@ class ViewStore(TrackingRecorder):
                 (path, lines, size, inode),
             )
 
-
-def _rowcount(cursor: Any) -> int:
-    # The library's SQLite cursor wrapper does not expose rowcount.
-    return int(getattr(cursor, "sqlite_cursor", cursor).rowcount)

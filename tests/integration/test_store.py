@@ -204,7 +204,7 @@ def test_a_failed_view_batch_is_rolled_back_and_applied_once_later(tmp_path: Pat
                 raise OSError("power cut between view rows and commit")
 
     real = views.store
-    views.store = CrashingViewStore(real.datastore, postgres=real.postgres, schema="")
+    views.store = CrashingViewStore(real.datastore, postgres=real.postgres)
     with pytest.raises(OSError):
         views.catch_up()
     views.store = real

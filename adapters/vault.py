@@ -1,0 +1,109 @@
+"""The credential vault: verified passwords kept encrypted, outside the event store, only as long as needed.
+
+A finish sweep, a retry or a resume after a crash must log in to the old
+server again. Without a source admin login, the user's own password is the
+only way in, so it is kept here, AES-GCM encrypted with a key from a file of
+mode 0600, bound to its login, and destroyed after the account's first
+successful finish sweep.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mailmigrator.adapters.sql_tables import SqlTables, rowcount
+
+
+class VaultError(Exception):
+    """The vault's key cannot be used, or a stored credential does not decrypt."""
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The vault key from `path`, created (32 random bytes, mode 0600) when absent."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise VaultError(f"credential key file {path} is readable by others; chmod 600 it")
+    try:
+        key = base64.b64decode(path.read_text().strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) not in (16, 24, 32):
+        raise VaultError(f"credential key file {path} does not hold a base64 AES key; move it away to create a new one")
+    return key
+
+
+class CredentialVault(SqlTables):
+    """Encrypted passwords by login, in a table of their own beside the events."""
+
+    _aead: AESGCM | None = None
+
+    @classmethod
+    def open(cls, factory: Any, key: bytes) -> CredentialVault:
+        """The vault on the store's own database, sealing with `key`."""
+        vault: CredentialVault = cls.on(factory)
+        vault._aead = AESGCM(key)
+        vault.create_table()
+        return vault
+
+    def __repr__(self) -> str:
+        return "CredentialVault(<key hidden>)"
+
+    def create_table(self) -> None:
+        with self._cursor(commit=True) as c:
+            c.execute(self.sql(
+                "CREATE TABLE IF NOT EXISTS {p}mm_vault (login TEXT PRIMARY KEY, sealed " + self.blob + " NOT NULL)"
+            ))
+
+    def _cipher(self) -> AESGCM:
+        if self._aead is None:
+            raise VaultError("the credential vault has no key")
+        return self._aead
+
+    def put(self, login: str, password: str) -> None:
+        """Keep (or replace) the password of `login`."""
+        nonce = os.urandom(12)
+        sealed = nonce + self._cipher().encrypt(nonce, password.encode(), login.encode())
+        with self._cursor(commit=True) as c:
+            c.execute(
+                self.sql("INSERT INTO {p}mm_vault (login, sealed) VALUES (%s, %s) "
+                         "ON CONFLICT (login) DO UPDATE SET sealed = excluded.sealed"),
+                (login, sealed),
+            )
+
+    def get(self, login: str) -> str | None:
+        """The kept password of `login`, or None when there is none."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT sealed FROM {p}mm_vault WHERE login = %s"), (login,))
+            row = c.fetchone()
+        if row is None:
+            return None
+        sealed = bytes(row["sealed"])
+        try:
+            return self._cipher().decrypt(sealed[:12], sealed[12:], login.encode()).decode()
+        except InvalidTag:
+            raise VaultError(f"the stored credential of {login} does not decrypt with this key") from None
+
+    def destroy(self, login: str) -> bool:
+        """Forget the password of `login`; True when there was one."""
+        with self._cursor(commit=True) as c:
+            c.execute(self.sql("DELETE FROM {p}mm_vault WHERE login = %s"), (login,))
+            return rowcount(c) == 1
+
+    def logins(self) -> list[str]:
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT login FROM {p}mm_vault ORDER BY login"))
+            return [row["login"] for row in c.fetchall()]

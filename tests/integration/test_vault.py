@@ -1,0 +1,52 @@
+"""The credential vault on SQLite and PostgreSQL: sealed at rest, bound to its login, destroyable."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailmigrator.adapters.store import parse_store_url, store_environment
+from mailmigrator.adapters.vault import CredentialVault, VaultError, load_or_create_key
+from mailmigrator.domain.application import MigrationService
+
+PASSWORD = "correct horse 'battery' \"staple\" ünïcode"
+
+
+def test_key_file_is_created_0600_and_reused(tmp_path: Path) -> None:
+    key_file = tmp_path / "credentials.key"
+    key = load_or_create_key(key_file)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert len(key) == 32
+    assert load_or_create_key(key_file) == key
+    key_file.chmod(0o644)
+    with pytest.raises(VaultError, match="readable by others"):
+        load_or_create_key(key_file)
+
+
+def test_vault_seals_and_destroys(tmp_path: Path, store_url: str) -> None:
+    app = MigrationService(env=store_environment(parse_store_url(store_url, tmp_path)))
+    key = load_or_create_key(tmp_path / "credentials.key")
+    vault = CredentialVault.open(app.factory, key)
+    vault.put("amy@example.com", PASSWORD)
+    vault.put("bo@example.com", "other")
+    assert vault.get("amy@example.com") == PASSWORD
+    assert vault.logins() == ["amy@example.com", "bo@example.com"]
+    assert "horse" not in repr(vault)
+
+    other = CredentialVault.open(app.factory, load_or_create_key(tmp_path / "other.key"))
+    with pytest.raises(VaultError, match="does not decrypt") as info:
+        other.get("amy@example.com")
+    assert "horse" not in str(info.value)
+
+    assert vault.destroy("amy@example.com") is True
+    assert vault.get("amy@example.com") is None
+    assert vault.destroy("amy@example.com") is False
+    if store_url.startswith("sqlite"):
+        raw = (tmp_path / "events.sqlite").read_bytes()
+        assert b"horse" not in raw and b"other" not in raw
+        with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+            (sealed,) = conn.execute("SELECT sealed FROM mm_vault").fetchone()
+        assert b"other" not in sealed
+    app.close()
