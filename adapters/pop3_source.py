@@ -1,0 +1,121 @@
+"""Reading the old server over POP3 (RFC 1939; blocking, run in a worker thread).
+
+POP3 has one folder, the INBOX, and no flags: everything arrives unread.
+Messages are told apart by UIDL (a UIDL seen twice is copied once), and the
+INTERNALDATE comes from the message's own Received:/Date: headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import poplib
+from collections.abc import Sequence
+
+from mailmigrator.adapters.mail_connection import (
+    SOCKET_TIMEOUT,
+    LoginPlan,
+    LoginRefused,
+    ServerAddress,
+    TransientFailure,
+    tls_context,
+)
+from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, SourceMessage
+from mailmigrator.domain.fingerprint import received_date
+from mailmigrator.domain.folders import ListedFolder, Namespace
+
+# poplib refuses lines over 2048 bytes; RFC 1939 allows 512 but real mail has longer.
+setattr(poplib, "_MAXLINE", 1 << 20)  # the module's only knob for it
+
+
+def _parse_listing(lines: Sequence[bytes]) -> list[tuple[int, str]]:
+    """UIDL or LIST lines ("1 abc") as (number, value)."""
+    out = []
+    for line in lines:
+        number, _, value = line.decode("ascii", "replace").strip().partition(" ")
+        if number.isdigit():
+            out.append((int(number), value.strip()))
+    return out
+
+
+def unique_by_uidl(uidls: Sequence[tuple[int, str]], sizes: dict[int, int]) -> list[SourceMessage]:
+    """One SourceMessage per distinct UIDL, the first occurrence kept, in maildrop order."""
+    seen: set[str] = set()
+    out = []
+    for number, uidl in uidls:
+        if uidl in seen:
+            continue
+        seen.add(uidl)
+        out.append(SourceMessage(number, sizes.get(number, 0), uidl))
+    return out
+
+
+class Pop3Source:
+    """A logged-in POP3 connection to the old server; nothing is ever deleted."""
+
+    def __init__(self, address: ServerAddress, plan: LoginPlan) -> None:
+        self.address = address
+        context = tls_context(address)
+        if address.tls == "direct":
+            self.pop: poplib.POP3 = poplib.POP3_SSL(address.host, address.port, context=context, timeout=SOCKET_TIMEOUT)
+        else:
+            self.pop = poplib.POP3(address.host, address.port, timeout=SOCKET_TIMEOUT)
+        try:
+            if address.tls == "detect" and "STLS" in self._capabilities():
+                self.pop.stls(context)  # RFC 2595 section 4
+            self._login(plan)
+        except BaseException:
+            self.close()
+            raise
+
+    def _capabilities(self) -> dict[str, list[str]]:
+        try:
+            return self.pop.capa()
+        except poplib.error_proto:
+            return {}
+
+    def _login(self, plan: LoginPlan) -> None:
+        secret = plan.credentials
+        try:
+            if plan.admin_login == "sasl":
+                # RFC 5034 AUTH with an initial response; RFC 4616 PLAIN with authorization identity.
+                token = base64.b64encode(f"{plan.user}\0{secret.login}\0{secret.password}".encode()).decode()
+                getattr(self.pop, "_shortcmd")(f"AUTH PLAIN {token}")  # poplib has no AUTH command
+            elif plan.admin_login == "dovecot-master":
+                self.pop.user(f"{plan.user}*{secret.login}")
+                self.pop.pass_(secret.password)
+            else:
+                self.pop.user(secret.login)
+                self.pop.pass_(secret.password)
+        except poplib.error_proto as e:
+            text = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            if "[IN-USE]" in text or "[SYS/TEMP]" in text:
+                raise TransientFailure(f"POP3 login {plan.describe()}: {text}") from None
+            raise LoginRefused(f"POP3 login {plan.describe()} refused: {text}") from None
+
+    def namespace(self) -> Namespace:
+        return Namespace("", "")
+
+    def list_folders(self) -> list[ListedFolder]:
+        return [ListedFolder("INBOX", frozenset(), subscribed=True)]
+
+    def open_folder(self, name: str) -> FolderListing:
+        _, uidl_lines, _ = self.pop.uidl()
+        _, list_lines, _ = self.pop.list()
+        sizes = {number: int(value or 0) for number, value in _parse_listing(list_lines)}
+        return FolderListing(0, unique_by_uidl(_parse_listing(uidl_lines), sizes), by_uidl=True)
+
+    def fetch(self, messages: Sequence[SourceMessage]) -> list[FetchedMessage]:
+        out = []
+        for message in messages:
+            _, lines, _ = self.pop.retr(message.uid)
+            # poplib strips CRLF and dot-stuffing (RFC 1939 section 3); the message ends with CRLF.
+            raw = b"\r\n".join(lines) + b"\r\n"
+            out.append(FetchedMessage(message.uid, raw, (), received_date(raw), message.uidl))
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pop.quit()
+        with contextlib.suppress(Exception):
+            self.pop.close()
