@@ -1,0 +1,377 @@
+"""IMAP pre-authentication parsing: bytes in, commands out. No sockets here.
+
+`ImapCommandReader` frames client input into whole commands, literals
+included (RFC 3501 section 4.3 / RFC 9051 section 4.3; non-synchronising
+literals per RFC 7888), and refuses lines and literals over the configured
+limits without buffering them. `parse_command` turns a framed command into a
+`Command`; `decode_sasl_plain` reads an AUTHENTICATE PLAIN response
+(RFC 4616). The connection loop in adapters/proxy.py owns the stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from mailmigrator.adapters.protocol_errors import CommandSyntaxError
+
+DEFAULT_MAX_LINE = 8192
+DEFAULT_MAX_LITERAL = 64 * 1024
+
+# Commands the proxy answers itself before login; everything else is BAD there.
+PRE_AUTH_COMMANDS = frozenset(
+    {"CAPABILITY", "STARTTLS", "LOGIN", "AUTHENTICATE", "ID", "NOOP", "LOGOUT"}
+)
+
+_LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
+# RFC 3501 section 9: tag = 1*<any ASTRING-CHAR except "+">; ATOM-CHAR excludes
+# "(" ")" "{" SP CTL "%" "*" DQUOTE "\" "]".
+_ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}
+
+
+@dataclass(frozen=True)
+class Literal:
+    """Literal data that was part of a command."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Framed:
+    """One whole command as read: line pieces between literals, and the literals."""
+
+    pieces: tuple[bytes, ...]
+    literals: tuple[bytes, ...]
+
+    def raw(self, non_synchronising: bool = True) -> bytes:
+        """The command as bytes to forward, literals rewritten as `{n+}` (RFC 7888)."""
+        out = bytearray()
+        for index, piece in enumerate(self.pieces):
+            out += piece
+            if index < len(self.literals):
+                literal = self.literals[index]
+                plus = b"+" if non_synchronising else b""
+                out += b"{%d%s}\r\n" % (len(literal), plus) + literal
+        return bytes(out) + b"\r\n"
+
+
+@dataclass(frozen=True)
+class ContinuationNeeded:
+    """The client sent a synchronising literal: answer `+` so it sends the data."""
+
+
+@dataclass(frozen=True)
+class InputRefused:
+    """Input the reader refused; `tag` is the command's tag when it could be read."""
+
+    tag: str
+    error: CommandSyntaxError
+
+
+ReaderEvent = Framed | ContinuationNeeded | InputRefused
+
+
+@dataclass
+class ImapCommandReader:
+    """Frames IMAP client input into commands (pure: feed bytes, take events).
+
+    A line longer than `max_line` is discarded up to its end and refused; a
+    synchronising literal over `max_literal` is refused before the client
+    sends it (no continuation is given, RFC 3501 section 7.5); an oversized
+    non-synchronising literal is refused as fatal, because the stream cannot
+    be resynchronised without reading it (RFC 7888 section 4).
+    """
+
+    max_line: int = DEFAULT_MAX_LINE
+    max_literal: int = DEFAULT_MAX_LITERAL
+    _buffer: bytearray = field(default_factory=bytearray)
+    _pieces: list[bytes] = field(default_factory=list)
+    _literals: list[bytes] = field(default_factory=list)
+    _literal_left: int = 0
+    _literal: bytearray = field(default_factory=bytearray)
+    _discarding: bool = False
+    _total: int = 0
+    _raw_lines: bool = False
+
+    def feed(self, data: bytes) -> list[ReaderEvent]:
+        """Take more input; return the events it completes, in order."""
+        self._buffer += data
+        events: list[ReaderEvent] = []
+        while True:
+            if self._literal_left:
+                take = min(self._literal_left, len(self._buffer))
+                if not take:
+                    break
+                self._literal += self._buffer[:take]
+                del self._buffer[:take]
+                self._literal_left -= take
+                if self._literal_left:
+                    break
+                self._literals.append(bytes(self._literal))
+                self._literal.clear()
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self.max_line:
+                    # Too long: forget what we have, skip to the end of the line.
+                    self._discarding = True
+                    self._buffer.clear()
+                break
+            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            del self._buffer[: end + 1]
+            if self._discarding or len(line) > self.max_line:
+                tag = _tag_of(self._pieces[0] if self._pieces else line)
+                self._reset()
+                events.append(InputRefused(tag, CommandSyntaxError("Line too long.", "TOOBIG")))
+                continue
+            if self._raw_lines:
+                events.append(Framed((line,), ()))
+                continue
+            match = _LITERAL_AT_END.search(line)
+            if match is None:
+                self._pieces.append(line)
+                framed = Framed(tuple(self._pieces), tuple(self._literals))
+                self._reset()
+                events.append(framed)
+                continue
+            size, plus = int(match.group(1)), bool(match.group(2))
+            self._total += size + len(line)
+            if size > self.max_literal or self._total > self.max_literal + 4 * self.max_line:
+                tag = _tag_of(self._pieces[0] if self._pieces else line)
+                self._reset()
+                error = CommandSyntaxError("Literal too big.", "TOOBIG", fatal=plus)
+                events.append(InputRefused(tag, error))
+                if plus:
+                    return events
+                continue
+            self._pieces.append(line[: match.start()])
+            self._literal_left = size
+            if size == 0:
+                self._literals.append(b"")
+            if not plus:
+                events.append(ContinuationNeeded())
+        return events
+
+    def expect_raw_lines(self, raw: bool) -> None:
+        """While on, every line is returned as is (SASL responses, RFC 3501 section 6.2.2)."""
+        self._raw_lines = raw
+
+    def _reset(self) -> None:
+        self._pieces.clear()
+        self._literals.clear()
+        self._discarding = False
+        self._total = 0
+
+
+def _tag_of(line: bytes) -> str:
+    head = line.split(b" ", 1)[0]
+    if head and all(b not in _ATOM_SPECIALS and b != ord("+") for b in head) and len(head) <= 64:
+        return head.decode("ascii", "replace")
+    return "*"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed client command: tag, upper-cased name, and its arguments.
+
+    Arguments are `str` for atoms and strings (UTF-8, RFC 6855 style), `None`
+    for NIL, and `list` for parenthesised lists.
+    """
+
+    tag: str
+    name: str
+    args: tuple[object, ...] = ()
+
+    def __repr__(self) -> str:  # never show LOGIN/AUTHENTICATE arguments
+        if self.name in ("LOGIN", "AUTHENTICATE"):
+            return f"Command(tag={self.tag!r}, name={self.name!r}, args=[redacted])"
+        return f"Command(tag={self.tag!r}, name={self.name!r}, args={self.args!r})"
+
+
+def parse_command(framed: Framed) -> Command:
+    """Parse a framed command; `CommandSyntaxError` says what is wrong (its tag in `.tag`)."""
+    tokens = _Tokenizer(framed).tokens()
+    if not tokens or not isinstance(tokens[0], _Atom):
+        raise _syntax("*", "Missing tag.")
+    tag = tokens[0].text
+    if not tag or "+" in tag:
+        raise _syntax("*", "Invalid tag.")
+    if len(tokens) < 2 or not isinstance(tokens[1], _Atom):
+        raise _syntax(tag, "Missing command.")
+    name = tokens[1].text.upper()
+    args = tuple(_values(tokens[2:], tag))
+    command = Command(tag, name, args)
+    _check_arity(command)
+    return command
+
+
+def parse_sasl_line(line: bytes) -> bytes | None:
+    """A client's base64 SASL response; None when it cancels with `*` (RFC 3501 section 6.2.2)."""
+    text = line.strip()
+    if text == b"*":
+        return None
+    return _b64decode(text)
+
+
+def decode_sasl_plain(response: bytes) -> tuple[str, str, str]:
+    """Split a PLAIN response into (authzid, authcid, password); RFC 4616 section 2."""
+    parts = response.split(b"\x00")
+    if len(parts) != 3 or not parts[1]:
+        raise CommandSyntaxError("Invalid PLAIN response.")
+    try:
+        authzid, authcid, password = (p.decode("utf-8") for p in parts)
+    except UnicodeDecodeError:
+        raise CommandSyntaxError("PLAIN response is not UTF-8.") from None
+    return authzid, authcid, password
+
+
+def decode_initial_response(argument: str) -> bytes:
+    """SASL-IR initial response: `=` means an empty one (RFC 4959 section 3)."""
+    if argument == "=":
+        return b""
+    return _b64decode(argument.encode("ascii", "replace"))
+
+
+def _b64decode(text: bytes) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise CommandSyntaxError("Invalid base64 data.") from None
+
+
+def quote(text: str) -> bytes:
+    """An IMAP string for `text`: quoted when safe, else a non-synchronising literal."""
+    data = text.encode("utf-8")
+    if all(32 <= b < 127 for b in data) and len(data) < 1000:
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d+}\r\n" % len(data) + data
+
+
+def _check_arity(command: Command) -> None:
+    n = len(command.args)
+    name = command.name
+    if name in ("CAPABILITY", "STARTTLS", "NOOP", "LOGOUT") and n:
+        raise _syntax(command.tag, f"{name} takes no arguments.")
+    if name == "LOGIN":
+        if n != 2 or not all(isinstance(a, str) for a in command.args):
+            raise _syntax(command.tag, "LOGIN needs a user name and a password.")
+    if name == "AUTHENTICATE":
+        if n not in (1, 2) or not all(isinstance(a, str) for a in command.args):
+            raise _syntax(command.tag, "AUTHENTICATE needs a mechanism name.")
+    if name == "ID" and (n != 1 or not (command.args[0] is None or isinstance(command.args[0], list))):
+        raise _syntax(command.tag, "ID needs NIL or a parenthesised list.")
+
+
+def _syntax(tag: str, text: str) -> CommandSyntaxError:
+    error = CommandSyntaxError(text)
+    error.tag = tag  # type: ignore[attr-defined]
+    return error
+
+
+@dataclass(frozen=True)
+class _Atom:
+    text: str
+
+
+@dataclass(frozen=True)
+class _String:
+    text: str
+
+
+class _Open:
+    pass
+
+
+class _Close:
+    pass
+
+
+_Token = _Atom | _String | _Open | _Close
+
+
+class _Tokenizer:
+    def __init__(self, framed: Framed) -> None:
+        self.framed = framed
+
+    def tokens(self) -> list[_Token]:
+        out: list[_Token] = []
+        tag = _tag_of(self.framed.pieces[0]) if self.framed.pieces else "*"
+        for index, piece in enumerate(self.framed.pieces):
+            out += self._line_tokens(piece, tag)
+            if index < len(self.framed.literals):
+                out.append(_String(_text(self.framed.literals[index], tag)))
+        return out
+
+    def _line_tokens(self, line: bytes, tag: str) -> list[_Token]:
+        out: list[_Token] = []
+        i, n = 0, len(line)
+        while i < n:
+            c = line[i]
+            if c == 0x20:
+                i += 1
+            elif c == ord("("):
+                out.append(_Open())
+                i += 1
+            elif c == ord(")"):
+                out.append(_Close())
+                i += 1
+            elif c == ord('"'):
+                # RFC 3501 section 9: quoted = DQUOTE *QUOTED-CHAR DQUOTE, with \" and \\ only.
+                buf = bytearray()
+                i += 1
+                while True:
+                    if i >= n:
+                        raise _syntax(tag, "Unterminated quoted string.")
+                    c = line[i]
+                    if c == ord("\\"):
+                        if i + 1 >= n or line[i + 1] not in (ord("\\"), ord('"')):
+                            raise _syntax(tag, "Invalid escape in quoted string.")
+                        buf.append(line[i + 1])
+                        i += 2
+                    elif c == ord('"'):
+                        i += 1
+                        break
+                    elif c in (0x0D, 0x0A, 0x00):
+                        raise _syntax(tag, "Invalid character in quoted string.")
+                    else:
+                        buf.append(c)
+                        i += 1
+                out.append(_String(_text(bytes(buf), tag)))
+            elif c < 0x20 or c == 0x7F:
+                raise _syntax(tag, "Control character in command.")
+            else:
+                start = i
+                while i < n and line[i] not in (0x20, ord("("), ord(")")):
+                    if line[i] in (ord('"'), ord("{")) or line[i] < 0x20:
+                        raise _syntax(tag, "Invalid character in atom.")
+                    i += 1
+                out.append(_Atom(_text(line[start:i], tag)))
+        return out
+
+
+def _text(data: bytes, tag: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _syntax(tag, "Argument is not UTF-8.") from None
+
+
+def _values(tokens: list[_Token], tag: str) -> list[object]:
+    stack: list[list[object]] = [[]]
+    for token in tokens:
+        if isinstance(token, _Open):
+            stack.append([])
+        elif isinstance(token, _Close):
+            if len(stack) == 1:
+                raise _syntax(tag, "Unbalanced parenthesis.")
+            inner = stack.pop()
+            stack[-1].append(inner)
+        elif isinstance(token, _Atom):
+            stack[-1].append(None if token.text.upper() == "NIL" else token.text)
+        else:
+            stack[-1].append(token.text)
+    if len(stack) != 1:
+        raise _syntax(tag, "Unbalanced parenthesis.")
+    return stack[0]

@@ -1,0 +1,661 @@
+"""The IMAP/POP3 login proxy: speaks pre-authentication itself, then relays bytes to a backend.
+
+One root nursery holds every listener (`trio.serve_tcp`); each connection
+is handled in its own task, its stream closed in `finally`, and an error in
+one connection ends that connection only. Parsing lives in
+imap_protocol.py / pop3_protocol.py; this module owns the streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import structlog
+import trio
+
+from mailmigrator.adapters.backend import BackendSession
+from mailmigrator.adapters.imap_protocol import (
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_LITERAL,
+    PRE_AUTH_COMMANDS,
+    Command,
+    ContinuationNeeded,
+    Framed,
+    ImapCommandReader,
+    InputRefused,
+    decode_initial_response,
+    decode_sasl_plain,
+    parse_command,
+    parse_sasl_line,
+)
+from mailmigrator.adapters.login_routing import LoginRouter, Routed
+from mailmigrator.adapters.pop3_protocol import (
+    LineTooLong,
+    Pop3LineReader,
+    parse_pop3_command,
+)
+from mailmigrator.adapters.protocol_errors import (
+    CommandSyntaxError,
+    ProtocolError,
+    ServerError,
+    UserError,
+    imap_reply,
+    pop3_reply,
+)
+from mailmigrator.adapters.throttle import LoginThrottle
+
+log = structlog.get_logger("mailmigrator.proxy")
+
+RELAY_CHUNK = 256 * 1024
+# Commands a user may send in the migration account: nothing that changes it.
+NOTICE_IMAP_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "LIST", "LSUB", "STATUS", "FETCH",
+    "SEARCH", "CHECK", "CLOSE", "UNSELECT", "NAMESPACE", "ID", "ENABLE", "GETQUOTAROOT", "GETQUOTA",
+})
+NOTICE_UID_COMMANDS = frozenset({"FETCH", "SEARCH"})
+NOTICE_POP3_COMMANDS = frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP", "QUIT", "CAPA", "RSET"})
+# A refused command is sent on as this harmless one under the same tag, so the
+# backend answers NO in its proper place in the response stream.
+_READ_ONLY_PROBE = b' STATUS "Migration in progress: this mailbox is read-only" (MESSAGES)\r\n'
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening address of the proxy."""
+
+    protocol: Literal["imap", "pop3"]
+    host: str
+    port: int
+    implicit_tls: bool = False
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Abuse limits for unauthenticated clients."""
+
+    max_line: int = DEFAULT_MAX_LINE
+    max_literal: int = DEFAULT_MAX_LITERAL
+    idle_timeout: float = 60.0
+    tls_handshake_timeout: float = 30.0
+    failure_delay: float = 1.0
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The TLS context the proxy's own listeners present."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+class IdleTimeout(Exception):
+    """The client sent nothing for too long before logging in."""
+
+
+@dataclass
+class LoginProxy:
+    """Listeners plus the per-connection protocol loops."""
+
+    router: LoginRouter
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    ssl_context: ssl.SSLContext | None = None
+    limits: ProxyLimits = field(default_factory=ProxyLimits)
+    require_tls_for_login: bool = False
+    connections: int = 0
+
+    async def serve(
+        self,
+        listeners: list[Listener],
+        *,
+        task_status: trio.TaskStatus[list[tuple[Listener, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on every address until cancelled; reports (listener, bound port) pairs when ready."""
+        bound: list[tuple[Listener, int]] = []
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                if listener.implicit_tls and self.ssl_context is None:
+                    raise ValueError(f"{listener.protocol}s listener {listener.host}:{listener.port} needs tls_cert and tls_key")
+                handler = self._handler(listener)
+                sockets = await nursery.start(functools.partial(trio.serve_tcp, handler, listener.port, host=listener.host))
+                port = sockets[0].socket.getsockname()[1]
+                bound.append((listener, port))
+                log.info("listening", protocol=listener.protocol, tls=listener.implicit_tls, address=f"{listener.host}:{port}")
+            task_status.started(bound)
+
+    def _handler(self, listener: Listener) -> Callable[[trio.SocketStream], object]:
+        async def handle(stream: trio.SocketStream) -> None:
+            await self.handle_connection(stream, listener)
+
+        return handle
+
+    async def handle_connection(self, raw: trio.SocketStream, listener: Listener) -> None:
+        """Run one client connection to its end; errors end this connection only."""
+        client_address = _address(raw.socket.getpeername())
+        local_address = _address(raw.socket.getsockname())
+        stream: trio.abc.Stream = raw
+        self.connections += 1
+        try:
+            if listener.implicit_tls:
+                assert self.ssl_context is not None
+                stream = trio.SSLStream(raw, self.ssl_context, server_side=True)
+                with trio.fail_after(self.limits.tls_handshake_timeout):
+                    await stream.do_handshake()
+            session_type = ImapSession if listener.protocol == "imap" else Pop3Session
+            session = session_type(self, stream, client_address, local_address, listener.implicit_tls)
+            await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError) as e:
+            log.info("connection ended", client=client_address, reason=type(e).__name__)
+        except Exception:
+            log.exception("connection failed", client=client_address)
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def login(
+        self, raw_login: str, password: str, protocol: Literal["imap", "pop3"], client_address: str, local_address: str
+    ) -> Routed:
+        """Throttle, then route; raises `ProtocolError` for the client."""
+        key = _throttle_key(raw_login)
+        if not self.throttle.allowed(key, client_address):
+            log.warning("login throttled", login=key, client=client_address)
+            await trio.sleep(self.limits.failure_delay)
+            raise ServerError("Too many failed logins, try again later.", "UNAVAILABLE", "IN-USE")
+        try:
+            routed = await self.router.route(raw_login, password, protocol, client_address, local_address)
+        except UserError:
+            self.throttle.failed(key, client_address)
+            log.info("login failed", login=key, client=client_address, protocol=protocol)
+            await trio.sleep(self.limits.failure_delay)
+            raise
+        self.throttle.succeeded(key)
+        log.info("login", login=routed.login, client=client_address, protocol=protocol, destination=routed.destination)
+        return routed
+
+
+def _throttle_key(raw_login: str) -> str:
+    return raw_login.strip().lower()[:256]
+
+
+def _address(sockname: object) -> str:
+    if isinstance(sockname, tuple):
+        return str(sockname[0])
+    return str(sockname)
+
+
+class _ClientInput:
+    """Pulls reader events from the client stream, with the pre-auth idle timeout."""
+
+    def __init__(self, session: ImapSession) -> None:
+        self.session = session
+        self.pending: list[object] = []
+
+    async def event(self) -> object:
+        while not self.pending:
+            with trio.move_on_after(self.session.proxy.limits.idle_timeout) as scope:
+                data = await self.session.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                raise IdleTimeout()
+            if not data:
+                raise EOFError()
+            self.pending.extend(self.session.reader.feed(data))
+        return self.pending.pop(0)
+
+
+class ImapSession:
+    """One IMAP client before login (RFC 3501 section 6.1-6.2, RFC 9051 section 6.1-6.2)."""
+
+    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
+        self.proxy = proxy
+        self.stream = stream
+        self.client = client
+        self.local = local
+        self.tls = tls
+        limits = proxy.limits
+        self.reader = ImapCommandReader(max_line=limits.max_line, max_literal=limits.max_literal)
+        self.input = _ClientInput(self)
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
+        if not self.tls and self.proxy.ssl_context is not None:
+            caps.append("STARTTLS")
+        if not self.tls and self.proxy.require_tls_for_login:
+            caps.append("LOGINDISABLED")  # RFC 3501 section 6.2.3: no AUTH= either
+        else:
+            caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
+        return " ".join(caps)
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def run(self) -> None:
+        await self.send(f"* OK [CAPABILITY {self.capabilities()}] Mail service ready.\r\n".encode())
+        try:
+            while True:
+                event = await self.input.event()
+                if isinstance(event, ContinuationNeeded):
+                    await self.send(b"+ Ready for literal data\r\n")
+                    continue
+                if isinstance(event, InputRefused):
+                    await self.send(imap_reply(event.tag, event.error))
+                    if event.error.fatal:
+                        await self.send(b"* BYE Input too large.\r\n")
+                        return
+                    continue
+                assert isinstance(event, Framed)
+                try:
+                    command = parse_command(event)
+                except CommandSyntaxError as e:
+                    await self.send(imap_reply(getattr(e, "tag", "*"), e))
+                    continue
+                routed = await self.dispatch(command)
+                if routed is None:
+                    if command.name == "LOGOUT":
+                        return
+                    continue
+                await self.after_login(command.tag, routed)
+                return
+        except IdleTimeout:
+            await self.send(b"* BYE Idle too long, disconnecting.\r\n")
+        except EOFError:
+            return
+
+    async def dispatch(self, command: Command) -> Routed | None:
+        tag, name = command.tag, command.name
+        if name not in PRE_AUTH_COMMANDS:
+            await self.send(f"{tag} BAD Command not allowed before login.\r\n".encode())
+            return None
+        if name == "CAPABILITY":
+            await self.send(f"* CAPABILITY {self.capabilities()}\r\n{tag} OK Capability completed.\r\n".encode())
+        elif name == "NOOP":
+            await self.send(f"{tag} OK NOOP completed.\r\n".encode())
+        elif name == "ID":
+            await self.send(f'* ID ("name" "mailmigrator")\r\n{tag} OK ID completed.\r\n'.encode())
+        elif name == "LOGOUT":
+            await self.send(f"* BYE Logging out.\r\n{tag} OK Logout completed.\r\n".encode())
+        elif name == "STARTTLS":
+            await self.starttls(tag)
+        elif name == "LOGIN":
+            user, password = command.args
+            assert isinstance(user, str) and isinstance(password, str)
+            return await self.try_login(tag, user, password)
+        elif name == "AUTHENTICATE":
+            return await self.authenticate(command)
+        return None
+
+    async def starttls(self, tag: str) -> None:
+        if self.tls or self.proxy.ssl_context is None:
+            await self.send(f"{tag} BAD TLS is not available here.\r\n".encode())
+            return
+        await self.send(f"{tag} OK Begin TLS negotiation now.\r\n".encode())
+        # RFC 3501 section 6.2.1 (and RFC 2595 section 3.1): anything the client
+        # pipelined after STARTTLS in clear text is dropped, not obeyed.
+        self.reader = ImapCommandReader(max_line=self.reader.max_line, max_literal=self.reader.max_literal)
+        self.input.pending.clear()
+        tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
+        with trio.fail_after(self.proxy.limits.tls_handshake_timeout):
+            await tls.do_handshake()
+        self.stream = tls
+        self.tls = True
+
+    async def authenticate(self, command: Command) -> Routed | None:
+        tag = command.tag
+        mechanism = str(command.args[0]).upper()
+        try:
+            if not self.tls and self.proxy.require_tls_for_login:
+                raise UserError("Log in after STARTTLS.", "PRIVACYREQUIRED")
+            if mechanism == "PLAIN":
+                if len(command.args) == 2:
+                    response = decode_initial_response(str(command.args[1]))
+                else:
+                    response = await self.sasl_step(b"")
+                authzid, user, password = decode_sasl_plain(response)
+                if authzid and authzid != user:
+                    raise UserError("Authorization identity must be the user.", "AUTHORIZATIONFAILED")
+            elif mechanism == "LOGIN":
+                user = (await self.sasl_step(b"Username:")).decode("utf-8")
+                password = (await self.sasl_step(b"Password:")).decode("utf-8")
+            else:
+                raise UserError("Unsupported authentication mechanism.", "CANNOT")
+        except SaslCancelled:
+            await self.send(f"{tag} BAD Authentication cancelled.\r\n".encode())
+            return None
+        except UnicodeDecodeError:
+            await self.send(f"{tag} BAD Credentials are not UTF-8.\r\n".encode())
+            return None
+        except ProtocolError as e:
+            await self.send(imap_reply(tag, e))
+            return None
+        return await self.try_login(tag, user, password)
+
+    async def sasl_step(self, challenge: bytes) -> bytes:
+        await self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
+        self.reader.expect_raw_lines(True)
+        try:
+            event = await self.input.event()
+        finally:
+            self.reader.expect_raw_lines(False)
+        if isinstance(event, InputRefused):
+            raise event.error
+        assert isinstance(event, Framed)
+        data = parse_sasl_line(event.pieces[0])
+        if data is None:
+            raise SaslCancelled()
+        return data
+
+    async def try_login(self, tag: str, user: str, password: str) -> Routed | None:
+        if not self.tls and self.proxy.require_tls_for_login:
+            await self.send(f"{tag} NO [PRIVACYREQUIRED] Log in after STARTTLS.\r\n".encode())
+            return None
+        try:
+            return await self.proxy.login(user, password, "imap", self.client, self.local)
+        except ProtocolError as e:
+            await self.send(imap_reply(tag, e))
+            return None
+
+    async def after_login(self, tag: str, routed: Routed) -> None:
+        session = routed.session
+        try:
+            caps = session.capabilities
+            if routed.destination == "notice":
+                caps = " ".join(c for c in caps.split() if c.upper() not in ("IDLE", "NOTIFY"))
+            # RFC 3501 section 7.1: a CAPABILITY response code on the tagged OK tells
+            # the client the backend's post-login capabilities.
+            await self.send(f"{tag} OK [CAPABILITY {caps}] Logged in.\r\n".encode())
+            leftover = bytes(self.reader._buffer)
+            for event in self.input.pending:
+                if isinstance(event, Framed):
+                    leftover = event.raw(non_synchronising=False) + leftover
+            if routed.destination == "notice":
+                await relay_read_only_imap(self.stream, session, leftover, self.reader)
+            else:
+                await relay(self.stream, session, leftover)
+        finally:
+            await session.aclose()
+
+
+class SaslCancelled(Exception):
+    """The client answered a SASL challenge with `*`."""
+
+
+class Pop3Session:
+    """One POP3 client in the AUTHORIZATION state (RFC 1939 section 4)."""
+
+    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
+        self.proxy = proxy
+        self.stream = stream
+        self.client = client
+        self.local = local
+        self.tls = tls
+        self.reader = Pop3LineReader(max_line=proxy.limits.max_line)
+        self.pending: list[bytes | LineTooLong] = []
+        self.user: str | None = None
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def line(self) -> bytes | LineTooLong:
+        while not self.pending:
+            with trio.move_on_after(self.proxy.limits.idle_timeout) as scope:
+                data = await self.stream.receive_some(65536)
+            if scope.cancelled_caught:
+                raise IdleTimeout()
+            if not data:
+                raise EOFError()
+            self.pending.extend(self.reader.feed(data))
+        return self.pending.pop(0)
+
+    def capabilities(self) -> list[str]:
+        caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE"]
+        if not self.tls and self.proxy.ssl_context is not None:
+            caps.append("STLS")
+        if self.tls or not self.proxy.require_tls_for_login:
+            caps += ["USER", "SASL PLAIN"]
+        return caps
+
+    async def run(self) -> None:
+        await self.send(b"+OK Mail service ready.\r\n")
+        try:
+            while True:
+                line = await self.line()
+                if isinstance(line, LineTooLong):
+                    await self.send(b"-ERR Line too long.\r\n")
+                    continue
+                try:
+                    command = parse_pop3_command(line)
+                    routed = await self.dispatch(command.name, command.args)
+                except ProtocolError as e:
+                    await self.send(pop3_reply(e))
+                    continue
+                if command.name == "QUIT":
+                    return
+                if routed is not None:
+                    await self.send(b"+OK Logged in.\r\n")
+                    try:
+                        leftover = b"".join(p + b"\r\n" for p in self.pending if isinstance(p, bytes))
+                        leftover += bytes(self.reader._buffer)
+                        if routed.destination == "notice":
+                            await relay_read_only_pop3(self.stream, routed.session, leftover)
+                        else:
+                            await relay(self.stream, routed.session, leftover)
+                    finally:
+                        await routed.session.aclose()
+                    return
+        except IdleTimeout:
+            await self.send(b"-ERR Idle too long, disconnecting.\r\n")
+        except EOFError:
+            return
+
+    async def dispatch(self, name: str, args: tuple[str, ...]) -> Routed | None:
+        if name == "CAPA":
+            await self.send(("+OK\r\n" + "".join(c + "\r\n" for c in self.capabilities()) + ".\r\n").encode())
+        elif name == "NOOP":
+            await self.send(b"+OK\r\n")
+        elif name == "QUIT":
+            await self.send(b"+OK Bye.\r\n")
+        elif name == "STLS":
+            await self.stls()
+        elif name == "USER":
+            self.require_tls()
+            self.user = args[0]
+            await self.send(b"+OK\r\n")
+        elif name == "PASS":
+            self.require_tls()
+            if self.user is None:
+                raise CommandSyntaxError("Send USER first.")
+            user, self.user = self.user, None
+            return await self.proxy.login(user, args[0], "pop3", self.client, self.local)
+        elif name == "AUTH":
+            return await self.auth(args)
+        else:
+            raise CommandSyntaxError("Unknown command or not allowed before login.")
+        return None
+
+    def require_tls(self) -> None:
+        if not self.tls and self.proxy.require_tls_for_login:
+            raise UserError("Log in after STLS.", pop3_code="AUTH")
+
+    async def stls(self) -> None:
+        if self.tls or self.proxy.ssl_context is None:
+            raise CommandSyntaxError("TLS is not available here.")
+        await self.send(b"+OK Begin TLS negotiation.\r\n")
+        # RFC 2595 section 4: what was pipelined in clear text is discarded.
+        self.reader = Pop3LineReader(max_line=self.reader.max_line)
+        self.pending.clear()
+        tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
+        with trio.fail_after(self.proxy.limits.tls_handshake_timeout):
+            await tls.do_handshake()
+        self.stream = tls
+        self.tls = True
+
+    async def auth(self, args: tuple[str, ...]) -> Routed | None:
+        if not args:
+            await self.send(b"+OK\r\nPLAIN\r\n.\r\n")
+            return None
+        self.require_tls()
+        if args[0].upper() != "PLAIN":
+            raise UserError("Unsupported authentication mechanism.", pop3_code="AUTH")
+        if len(args) == 2:
+            response = decode_initial_response(args[1])
+        else:
+            await self.send(b"+ \r\n")
+            line = await self.line()
+            if isinstance(line, LineTooLong):
+                raise CommandSyntaxError("Line too long.")
+            data = parse_sasl_line(line)
+            if data is None:
+                raise CommandSyntaxError("Authentication cancelled.")
+            response = data
+        authzid, user, password = decode_sasl_plain(response)
+        if authzid and authzid != user:
+            raise UserError("Authorization identity must be the user.", pop3_code="AUTH")
+        return await self.proxy.login(user, password, "pop3", self.client, self.local)
+
+
+async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: bytes = b"") -> None:
+    """Copy bytes both ways until either side closes."""
+    backend = session.stream
+    if session.pending:
+        await client.send_all(session.pending)
+    if to_backend:
+        await backend.send_all(to_backend)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump, client, backend, nursery.cancel_scope)
+        nursery.start_soon(_pump, backend, client, nursery.cancel_scope)
+
+
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    try:
+        while True:
+            data = await source.receive_some(RELAY_CHUNK)
+            if not data:
+                return
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+        return
+    finally:
+        scope.cancel()
+
+
+async def relay_read_only_imap(
+    client: trio.abc.Stream, session: BackendSession, leftover: bytes, reader: ImapCommandReader
+) -> None:
+    """Relay to the migration account, letting through only commands that change nothing.
+
+    SELECT becomes EXAMINE (RFC 3501 section 6.3.2: nothing is changed, `\\Seen` is
+    not set); anything else that could change the mailbox is answered NO by the
+    backend itself, through a harmless probe under the same tag.
+    """
+    backend = session.stream
+    client_lock = trio.Lock()
+    if session.pending:
+        await client.send_all(session.pending)
+
+    async def to_backend(scope: trio.CancelScope) -> None:
+        command_reader = ImapCommandReader(max_line=reader.max_line, max_literal=reader.max_literal)
+        try:
+            data = leftover
+            while True:
+                for event in command_reader.feed(data):
+                    if isinstance(event, ContinuationNeeded):
+                        async with client_lock:
+                            await client.send_all(b"+ Ready for literal data\r\n")
+                    elif isinstance(event, InputRefused):
+                        async with client_lock:
+                            await client.send_all(imap_reply(event.tag, event.error))
+                        if event.error.fatal:
+                            return
+                    else:
+                        await backend.send_all(_read_only_command(event))
+                data = await client.receive_some(RELAY_CHUNK)
+                if not data:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            return
+        finally:
+            scope.cancel()
+
+    async def to_client(scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await backend.receive_some(RELAY_CHUNK)
+                if not data:
+                    return
+                async with client_lock:
+                    await client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            return
+        finally:
+            scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(to_backend, nursery.cancel_scope)
+        nursery.start_soon(to_client, nursery.cancel_scope)
+
+
+def _read_only_command(framed: Framed) -> bytes:
+    first = framed.pieces[0] if framed.pieces else b""
+    words = first.split(b" ", 3)
+    tag = words[0]
+    name = words[1].upper() if len(words) > 1 else b""
+    sub = words[2].upper() if len(words) > 2 else b""
+    allowed = name.decode("ascii", "replace") in NOTICE_IMAP_COMMANDS or (
+        name == b"UID" and sub.decode("ascii", "replace") in NOTICE_UID_COMMANDS
+    )
+    if not allowed:
+        return tag + _READ_ONLY_PROBE
+    if name == b"SELECT":
+        pieces = (b" ".join([tag, b"EXAMINE", *words[2:]]),) + framed.pieces[1:]
+        framed = Framed(pieces, framed.literals)
+    return framed.raw(non_synchronising=True)
+
+
+async def relay_read_only_pop3(client: trio.abc.Stream, session: BackendSession, leftover: bytes) -> None:
+    """Relay to the migration account over POP3; DELE and other changes are refused."""
+    backend = session.stream
+    client_lock = trio.Lock()
+    if session.pending:
+        await client.send_all(session.pending)
+
+    async def to_backend(scope: trio.CancelScope) -> None:
+        lines = Pop3LineReader()
+        try:
+            data = leftover
+            while True:
+                for line in lines.feed(data):
+                    if isinstance(line, bytes):
+                        name = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
+                        if name in NOTICE_POP3_COMMANDS:
+                            await backend.send_all(line + b"\r\n")
+                            continue
+                    async with client_lock:
+                        await client.send_all(b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n")
+                data = await client.receive_some(RELAY_CHUNK)
+                if not data:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            return
+        finally:
+            scope.cancel()
+
+    async def to_client(scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                data = await backend.receive_some(RELAY_CHUNK)
+                if not data:
+                    return
+                async with client_lock:
+                    await client.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            return
+        finally:
+            scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(to_backend, nursery.cancel_scope)
+        nursery.start_soon(to_client, nursery.cancel_scope)
