@@ -60,8 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("start", help="record the Start Migration button")
     sub.add_parser("stop", help="record the Stop Migration button")
 
+    p = sub.add_parser("migrate", help="verify, create and copy one account now (manual migration)")
+    p.add_argument("--user", required=True, metavar="LOGIN", help="the user's login on the old server")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
+    p.add_argument("--domain", help="domain of a bare username (default [migration] primary_domain)")
+
+    p = sub.add_parser("verify", help="compare old and new mailbox of one account; exit 0 only when equal")
+    p.add_argument("login")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
+
+    sub.add_parser("serve", help="run the proxy listeners, migration workers and projections until SIGTERM")
+    p = sub.add_parser("notice", help="put the notice message into the migration account's INBOX")
+    p.add_argument("file", type=Path, help="the notice as an RFC 5322 message (.eml)")
+
     p = sub.add_parser("keygen", help="create a new AES key file (mode 0600) for [store] encryption_key_file")
     p.add_argument("file", type=Path)
+
+    p = sub.add_parser("admin-password", help="write the console's admin password hash (argon2id) to FILE, mode 0600")
+    p.add_argument("file", type=Path, help="the file named by [admin] password_file")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt twice")
     return parser
 
 
@@ -70,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keygen":
             return cmd_keygen(args)
+        if args.command == "admin-password":
+            return cmd_admin_password(args)
         config_path = args.config or default_config_path()
         config = load_config(config_path, allow_missing=args.config is None)
         return COMMANDS[args.command](config, args)
@@ -267,6 +286,110 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_admin_password(args: argparse.Namespace) -> int:
+    from mailmigrator.ops.console.auth import write_password_file
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass("new admin password for the console: ")
+        if password != getpass.getpass("the same again: "):
+            raise CommandFailed("the two passwords differ; nothing written")
+    if len(password) < 8:
+        raise CommandFailed("the admin password must have at least 8 characters; nothing written")
+    try:
+        write_password_file(args.file, password)
+    except OSError as e:
+        raise CommandFailed(f"{args.file}: {e.strerror}") from None
+    print(f"wrote the admin password hash to {args.file} (mode 0600); name it in [admin] password_file")
+    return EXIT_OK
+
+
+def _password(args: argparse.Namespace, login: str) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password of {login} on the old server: ")
+    if not password:
+        raise CommandFailed("empty password; give the user's password on the old server")
+    return password
+
+
+def _progress_reporter() -> Callable[[Any], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def report(progress: Any) -> None:
+        print(f"\r\x1b[K{progress.line()}", end="", file=sys.stderr, flush=True)
+
+    return report
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.copying import MigrationRefused, migrate_one
+    from mailmigrator.ops.logs import configure_logging
+
+    configure_logging()
+    login = normalise_login(args.user, args.domain or config.migration.primary_domain)
+    password = _password(args, login)
+    wired = _open(config, create=True)
+    assert wired is not None
+    report = _progress_reporter()
+    try:
+        outcome = migrate_one(config, wired.app, args.user, login, password, report=report)
+        wired.views.catch_up()
+    except MigrationRefused as e:
+        raise CommandFailed(str(e)) from None
+    finally:
+        wired.close()
+        if report is not None:
+            print(file=sys.stderr)
+    result = outcome.result
+    if outcome.already_done or result is None:
+        print(f"{login}: already migrated; nothing to copy")
+        return EXIT_OK
+    if not result.ok:
+        print(f"{login}: FAILED: {result.error}")
+        return EXIT_FAILED
+    skipped = f", {result.skipped} skipped (see `mailmigrator show {login}`)" if result.skipped else ""
+    print(f"{login}: migrated {result.folders} folders, {result.messages:,} messages, "
+          f"{human_bytes(result.bytes)}{skipped}")
+    return EXIT_OK
+
+
+def cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.copying import MigrationRefused, verify_one
+    from mailmigrator.ops.logs import configure_logging
+
+    configure_logging()
+    login = _login(config, args.login)
+    source = config.source
+    password = None if (source is not None and source.admin_user and not args.password_stdin) else _password(args, login)
+    target_login = login
+    wired = _open(config)
+    if wired is not None:
+        try:
+            if wired.app.has_account(login):
+                target_login = wired.app.account(login).target_login or login
+        finally:
+            wired.close()
+    try:
+        differences = verify_one(config, args.login, login, password, target_login)
+    except MigrationRefused as e:
+        raise CommandFailed(str(e)) from None
+    for line in differences:
+        print(line)
+    if differences:
+        print(f"{login}: {len(differences)} difference(s)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{login}: old and new mailbox are equal")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "status": cmd_status,
     "show": cmd_show,
@@ -275,4 +398,28 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "replay": cmd_replay,
     "start": cmd_start,
     "stop": cmd_stop,
+    "migrate": cmd_migrate,
+    "verify": cmd_verify,
+    "serve": lambda config, args: _serve(config, args),
+    "notice": lambda config, args: _notice(config, args),
 }
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.serve import cmd_serve
+
+    return cmd_serve(config, args)
+
+
+def _notice(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.serve import put_notice
+
+    try:
+        message = args.file.read_bytes()
+    except OSError as e:
+        raise CommandFailed(f"{args.file}: {e.strerror}") from None
+    if b"\n\n" not in message.replace(b"\r\n", b"\n"):
+        raise CommandFailed(f"{args.file} is not a mail message (no header/body separator)")
+    replaced = put_notice(config, message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    print(f"notice put into {config.migration.migration_account} INBOX ({replaced} older message(s) replaced)")
+    return EXIT_OK

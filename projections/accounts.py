@@ -32,6 +32,8 @@ def new_account_doc(login: str, at: str) -> dict[str, Any]:
         "skipped": 0,
         "attempts": 0,
         "logins": 0,
+        "passwords_verified": 0,
+        "passwords_rejected": 0,
         "last_protocol": None,
         "first_seen": at,
         "verified_at": None,
@@ -61,9 +63,13 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
         doc["logins"] += 1
         doc["last_protocol"] = event.protocol
     elif name == "PasswordVerified":
+        # .get: documents folded before these counters existed lack them until a replay.
+        doc["passwords_verified"] = doc.get("passwords_verified", 0) + 1
         doc["verified_at"] = doc["verified_at"] or at
         if doc["state"] == "seen":
             doc["state"] = "verified"
+    elif name == "PasswordRejected":
+        doc["passwords_rejected"] = doc.get("passwords_rejected", 0) + 1
     elif name == "AccountCreated":
         doc["state"] = "created"
         doc["target_login"] = event.target_login
