@@ -9,15 +9,30 @@ from typing import Any
 
 import structlog
 
-SECRET_KEYS = frozenset({"password", "passwd", "pass", "secret", "token", "credential", "authorization"})
+SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "authorization")
+
+
+def is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return key == "pass" or any(key == w or key.endswith("_" + w) or key.startswith(w + "_") for w in SECRET_WORDS) and not key.endswith("_only")
 
 
 def drop_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor that replaces any field whose name says secret."""
     for key in list(event_dict):
-        if any(word in key.lower() for word in SECRET_KEYS):
+        if is_secret_key(key):
             event_dict[key] = "[redacted]"
     return event_dict
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is at the time of writing (tests and daemons swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -35,6 +50,6 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
