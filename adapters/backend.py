@@ -9,6 +9,7 @@ credentials the backend refuses raise `BackendRejected`.
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -109,12 +110,15 @@ async def _wrap(stream: trio.abc.Stream, address: BackendAddress) -> trio.SSLStr
     return tls
 
 
-async def imap_login(address: BackendAddress, login: str, password: str) -> BackendSession:
-    """Connect, optionally STARTTLS, LOGIN; return the session with the post-login CAPABILITY."""
+LoginDialogue = Callable[[trio.abc.Stream, BackendAddress, str, str], Awaitable[BackendSession]]
+
+
+async def _log_in(dialogue: LoginDialogue, address: BackendAddress, login: str, password: str) -> BackendSession:
+    """Connect and run one login dialogue within the response timeout; the stream is closed on any failure."""
     stream = await _connect(address)
     try:
         with trio.fail_after(RESPONSE_TIMEOUT):
-            return await _imap_login(stream, address, login, password)
+            return await dialogue(stream, address, login, password)
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
         raise BackendUnavailable(f"{address} did not answer in time") from None
@@ -124,6 +128,11 @@ async def imap_login(address: BackendAddress, login: str, password: str) -> Back
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+async def imap_login(address: BackendAddress, login: str, password: str) -> BackendSession:
+    """Connect, optionally STARTTLS, LOGIN; return the session with the post-login CAPABILITY."""
+    return await _log_in(_imap_login, address, login, password)
 
 
 async def _imap_login(stream: trio.abc.Stream, address: BackendAddress, login: str, password: str) -> BackendSession:
@@ -193,19 +202,7 @@ def _capability_from(line: str) -> str:
 
 async def pop3_login(address: BackendAddress, login: str, password: str) -> BackendSession:
     """Connect, optionally STLS, then USER/PASS (RFC 1939) or AUTH PLAIN when PASS is not offered."""
-    stream = await _connect(address)
-    try:
-        with trio.fail_after(RESPONSE_TIMEOUT):
-            return await _pop3_login(stream, address, login, password)
-    except trio.TooSlowError:
-        await trio.aclose_forcefully(stream)
-        raise BackendUnavailable(f"{address} did not answer in time") from None
-    except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-        await trio.aclose_forcefully(stream)
-        raise BackendUnavailable(f"connection to {address} failed: {type(e).__name__}") from None
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
+    return await _log_in(_pop3_login, address, login, password)
 
 
 async def _pop3_login(stream: trio.abc.Stream, address: BackendAddress, login: str, password: str) -> BackendSession:

@@ -580,22 +580,9 @@ async def relay_read_only_imap(
         finally:
             scope.cancel()
 
-    async def to_client(scope: trio.CancelScope) -> None:
-        try:
-            while True:
-                data = await backend.receive_some(RELAY_CHUNK)
-                if not data:
-                    return
-                async with client_lock:
-                    await client.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-            return
-        finally:
-            scope.cancel()
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(to_backend, nursery.cancel_scope)
-        nursery.start_soon(to_client, nursery.cancel_scope)
+        nursery.start_soon(_backend_to_client, backend, client, client_lock, nursery.cancel_scope)
 
 
 def _read_only_command(framed: Framed) -> bytes:
@@ -643,19 +630,23 @@ async def relay_read_only_pop3(client: trio.abc.Stream, session: BackendSession,
         finally:
             scope.cancel()
 
-    async def to_client(scope: trio.CancelScope) -> None:
-        try:
-            while True:
-                data = await backend.receive_some(RELAY_CHUNK)
-                if not data:
-                    return
-                async with client_lock:
-                    await client.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-            return
-        finally:
-            scope.cancel()
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(to_backend, nursery.cancel_scope)
-        nursery.start_soon(to_client, nursery.cancel_scope)
+        nursery.start_soon(_backend_to_client, backend, client, client_lock, nursery.cancel_scope)
+
+
+async def _backend_to_client(
+    backend: trio.abc.Stream, client: trio.abc.Stream, client_lock: trio.Lock, scope: trio.CancelScope
+) -> None:
+    """Copy the backend's bytes to the client until either side closes, then end the relay."""
+    try:
+        while True:
+            data = await backend.receive_some(RELAY_CHUNK)
+            if not data:
+                return
+            async with client_lock:
+                await client.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+        return
+    finally:
+        scope.cancel()
