@@ -620,10 +620,11 @@ def make_new_server(
     prefix: str = "",
     master_user: str = "master",
     master_password: str | None = None,
+    pop3: bool = False,
 ) -> DovecotServer:
-    """An unstarted target server: IMAP with STARTTLS, ``user*master`` login, service-written passwd-file."""
+    """An unstarted target server: IMAP with STARTTLS (and POP3 if asked), ``user*master`` login, service-written passwd-file."""
     return DovecotServer(
-        workdir, name="new", ca=ca, separator=separator, prefix=prefix,
+        workdir, name="new", ca=ca, separator=separator, prefix=prefix, pop3=pop3,
         master_user=master_user, master_password=master_password,
     )
 

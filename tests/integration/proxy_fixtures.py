@@ -29,7 +29,7 @@ class Pair:
 def start_pair(workdir: Path) -> Iterator[Pair]:
     ca = trustme.CA()
     old = make_old_server(workdir / "old", ca)
-    new = make_new_server(workdir / "new", ca)
+    new = make_new_server(workdir / "new", ca, pop3=True)
     old.start()
     try:
         new.start()
@@ -79,6 +79,7 @@ def write_config(
         [target]
         host = "127.0.0.1"
         port = {pair.new.imap_port}
+        pop3_port = {pair.new.pop3_port}
         tls = "disable"
         master_user = "{pair.new.master_user}"
         master_password_file = "{master}"

@@ -18,6 +18,7 @@ from mailmigrator.adapters.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
 from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.testbed import make_message, seed_bulk
 from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, with_free_ports, write_config
 
 pytestmark = pytest.mark.dovecot
@@ -108,6 +109,29 @@ async def test_first_login_migrates_then_serves_from_new_server(pair: Pair, tmp_
         assert "Archive/2020" in names
         assert count == 5
         assert pair.new.passwd_file.read_text().count("alice@example.com:{SHA512-CRYPT}$6$") == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_migrated_pop3_user_is_served_by_the_new_server(pair: Pair, tmp_path: Path) -> None:
+    seed_user(pair, "pete@example.com", messages=3)
+    ensure_notice_account(pair)
+    async with trio.open_nursery() as nursery:
+        running = await run_service(tmp_path, pair, nursery)
+        port = running.ports["pop3@127.0.0.1"]
+
+        def pop3_count() -> int:
+            client = poplib.POP3("127.0.0.1", port, timeout=20)
+            client.user("pete")
+            client.pass_(OLD_PASSWORD)
+            count = client.stat()[0]
+            client.quit()
+            return count
+
+        await trio.to_thread.run_sync(pop3_count)  # the first login starts the migration
+        assert await running.wait_state("pete@example.com", "completed") == "completed"
+        # Mail that only the new server has proves where the POP3 session lands.
+        seed_bulk(pair.new, "pete@example.com", "INBOX", [make_message("only-on-new")])
+        assert await trio.to_thread.run_sync(pop3_count) == 4
         nursery.cancel_scope.cancel()
 
 
