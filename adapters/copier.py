@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,8 +35,15 @@ import trio
 
 from mailmigrator.adapters.imap_target import ImapTarget
 from mailmigrator.adapters.mail_connection import LoginPlan, describe_error, is_transient
-from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, MessageSource, SourceMessage
+from mailmigrator.adapters.message_source import (
+    FetchedMessage,
+    FolderListing,
+    FolderTotals,
+    MessageSource,
+    SourceMessage,
+)
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.errors import AccountBusy, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
 
@@ -55,6 +63,9 @@ class CopySettings:
     max_message_size: int = 0
     concurrency: int = 4
     connections_per_source_host: int = 8
+    # Several nodes on one store: who copies, and how long its claim on an account lasts unrenewed.
+    node: str = ""
+    lease_seconds: float = 120.0
     folder_connections: int = 3
     batch_bytes: int = 4 * 1024 * 1024
     batch_messages: int = 250
@@ -82,6 +93,8 @@ class AccountResult:
     skipped: int = 0
     folders: int = 0
     error: str | None = None
+    # Another node holds the account's lease: this copy stopped without recording anything.
+    busy: bool = False
 
 
 @dataclass
@@ -193,6 +206,29 @@ def batches(messages: Iterable[SourceMessage], max_bytes: int, max_messages: int
         yield batch
 
 
+def pipelined_batches(
+    messages: Sequence[SourceMessage], max_bytes: int, max_messages: int, ramp: int = 8
+) -> list[list[SourceMessage]]:
+    """Like `batches`, but the first and the last batch are at most 1/`ramp` of the limits.
+
+    A folder's appending starts when its first batch is fetched and ends with its
+    last append; small batches at both ends shorten the time either side waits.
+    """
+    small_bytes, small_messages = max(max_bytes // ramp, 1), max(max_messages // ramp, 1)
+    first = next(iter(batches(messages, small_bytes, small_messages)), [])
+    out = [first] if first else []
+    body = list(batches(messages[len(first):], max_bytes, max_messages))
+    if body:
+        last = body.pop()
+        held, start = 0, len(last)
+        while start > 0 and len(last) - start < small_messages and held + last[start - 1].size <= small_bytes:
+            start -= 1
+            held += last[start].size
+        out += body
+        out += [last[:start], last[start:]] if 0 < start < len(last) else [last]
+    return out
+
+
 def _first_cause(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
@@ -254,7 +290,8 @@ class MailboxCopier:
                 for f in plan.folders
             ]
             await self._store(lambda: self.service.record_migration_started(
-                job.login, planned, total_messages, total_bytes))
+                job.login, planned, total_messages, total_bytes,
+                node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
             self.progress.total_messages += total_messages
             self.progress.total_bytes += total_bytes
             for f in plan.folders:
@@ -263,8 +300,12 @@ class MailboxCopier:
                     self.progress.messages += int(cp.get("messages", 0))
                     self.progress.bytes += int(cp.get("bytes", 0))
             await self._copy_folders(job, plan, checkpoints, counts)
+        except (AccountBusy, LeaseLost) as e:
+            log.info("account held by another node", login=job.login, detail=str(e))
+            return AccountResult(job.login, ok=False, error=str(e), busy=True)
         except AccountCopyFailed as e:
-            await self._store(lambda: self.service.record_failed(job.login, str(e), e.retryable))
+            await self._store(lambda: self.service.record_failed(
+                job.login, str(e), e.retryable, node=self.settings.node))
             self.progress.accounts_failed += 1
             log.warning("account copy failed", login=job.login, reason=str(e), retryable=e.retryable)
             return AccountResult(job.login, ok=False, error=str(e))
@@ -274,8 +315,11 @@ class MailboxCopier:
         size = sum(int(f["bytes"]) for f in folders.values())
         skipped = sum(int(f["skipped"]) for f in folders.values())
         duration = time.monotonic() - started
-        await self._store(lambda: self.service.record_completed(
-            job.login, messages, size, len(plan.folders), duration, False))
+        try:
+            await self._store(lambda: self.service.record_completed(
+                job.login, messages, size, len(plan.folders), duration, False, node=self.settings.node))
+        except LeaseLost as e:
+            return AccountResult(job.login, ok=False, error=str(e), busy=True)
         self.progress.accounts_done += 1
         return AccountResult(job.login, True, messages, size, skipped, len(plan.folders))
 
@@ -287,7 +331,7 @@ class MailboxCopier:
                     return await step()
             except Exception as e:  # noqa: BLE001 - classified below
                 cause = _first_cause(e)
-                if isinstance(cause, AccountCopyFailed):
+                if isinstance(cause, (AccountCopyFailed, LeaseLost, AccountBusy)):
                     raise cause from None
                 if not is_transient(cause) or attempt == s.retries:
                     raise AccountCopyFailed(
@@ -314,8 +358,12 @@ class MailboxCopier:
                 counts: dict[str, tuple[int, int]] = {}
                 for folder in plan.folders:
                     if folder.selectable:
-                        listing = source.open_folder(folder.source)
-                        counts[folder.source] = (len(listing.messages), sum(m.size for m in listing.messages))
+                        # One STATUS per folder when offered; the folder worker lists the messages anyway.
+                        totals = source.folder_totals(folder.source) if isinstance(source, FolderTotals) else None
+                        if totals is None:
+                            listing = source.open_folder(folder.source)
+                            totals = (len(listing.messages), sum(m.size for m in listing.messages))
+                        counts[folder.source] = totals
                 for folder in sorted(plan.folders, key=lambda f: len(f.path)):
                     if folder.selectable:
                         target.ensure_folder(folder.target)
@@ -353,7 +401,7 @@ class MailboxCopier:
                     nursery.start_soon(self._folder_worker, job, receive.clone(), checkpoints)
         except BaseExceptionGroup as group:
             cause = _first_cause(group)
-            if isinstance(cause, AccountCopyFailed):
+            if isinstance(cause, (AccountCopyFailed, LeaseLost)):
                 raise cause from None
             raise
 
@@ -380,6 +428,9 @@ class MailboxCopier:
                             break
                         except Exception as e:  # noqa: BLE001 - classified below
                             cause = _first_cause(e)
+                            if isinstance(cause, LeaseLost):
+                                # Another node took the account over: stop writing, record nothing.
+                                raise cause from None
                             if state and state[0].dirty:
                                 await self._record(job, state[0], done=False, checkpoints=checkpoints)
                             await _close(source, target)
@@ -401,7 +452,7 @@ class MailboxCopier:
         self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, dict[str, Any]]
     ) -> None:
         checkpoint = state.checkpoint(done)
-        await self._store(lambda: self.service.record_folder_copied(job.login, **checkpoint))
+        await self._store(lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
         previous = checkpoints.get(state.folder.source)
         merged = dict(checkpoint)
         if previous is not None and previous.get("uidvalidity") == state.uidvalidity:
@@ -449,7 +500,7 @@ class MailboxCopier:
 
         async def produce() -> None:
             async with send:
-                for group in batches(pending, s.batch_bytes, s.batch_messages):
+                for group in pipelined_batches(pending, s.batch_bytes, s.batch_messages):
                     skipped = []
                     wanted = []
                     for message in group:

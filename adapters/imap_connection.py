@@ -26,12 +26,13 @@ from mailmigrator.domain.folders import ListedFolder, Namespace
 
 def open_imap(address: ServerAddress, plan: LoginPlan) -> IMAPClient:
     """A logged-in client; TLS per `address.tls`, login per `plan`."""
-    context = tls_context(address)
+    # Loading the system CA store costs tens of milliseconds: only when TLS can happen.
+    context = tls_context(address) if address.tls != "disable" else None
     client = IMAPClient(
         address.host, address.port, ssl=address.tls == "direct", ssl_context=context, timeout=SOCKET_TIMEOUT
     )
     try:
-        if address.tls == "detect" and client.has_capability("STARTTLS"):
+        if context is not None and address.tls == "detect" and client.has_capability("STARTTLS"):
             # RFC 3501 section 6.2.1: imapclient forgets pre-TLS capabilities itself.
             client.starttls(context)
         _login(client, plan)
@@ -108,21 +109,3 @@ def imap_failure(error: IMAPClientError, what: str) -> MailConnectionError:
     if is_transient_response(str(error)):
         return TransientFailure(f"{what}: {one_line(error)}")
     return MailConnectionError(f"{what}: {one_line(error)}")
-
-
-# UIDs per FETCH command: keeps the command line well under servers' limits (Dovecot: 64 KiB).
-UIDS_PER_COMMAND = 2000
-
-
-def fetch_sizes(client: IMAPClient, from_uid: int = 1) -> dict[int, int]:
-    """UID -> RFC822.SIZE of the selected folder's messages with UID >= `from_uid`."""
-    criteria = ["ALL"] if from_uid <= 1 else ["UID", f"{from_uid}:*"]
-    # "N:*" names the last message even when every UID is below N (RFC 3501 section 6.4.8).
-    uids = sorted(uid for uid in client.search(criteria) if uid >= from_uid)
-    sizes: dict[int, int] = {}
-    for start in range(0, len(uids), UIDS_PER_COMMAND):
-        fetched = client.fetch(uids[start:start + UIDS_PER_COMMAND], [b"RFC822.SIZE"])
-        sizes.update(
-            (uid, int(data[b"RFC822.SIZE"])) for uid, data in fetched.items() if b"RFC822.SIZE" in data
-        )
-    return sizes

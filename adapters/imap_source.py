@@ -9,22 +9,19 @@ from imapclient.exceptions import IMAPClientError
 
 from mailmigrator.adapters.imap_connection import (
     close_imap,
-    fetch_sizes,
     imap_failure,
     listed_folders,
     namespace_of,
     open_imap,
 )
-from mailmigrator.adapters.mail_connection import LoginPlan, ServerAddress
+from mailmigrator.adapters.imap_stream import ImapStream
+from mailmigrator.adapters.imap_wire import WireSyntaxError, parse_internaldate
+from mailmigrator.adapters.mail_connection import LoginPlan, MailConnectionError, ServerAddress
 from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, SourceMessage
 from mailmigrator.domain.folders import ListedFolder, Namespace
 
 # \Recent belongs to the session (RFC 3501 section 2.3.2) and cannot be APPENDed.
 SESSION_FLAGS = frozenset({"\\recent"})
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class ImapSource:
@@ -33,7 +30,9 @@ class ImapSource:
     def __init__(self, address: ServerAddress, plan: LoginPlan) -> None:
         self.address = address
         self.client: IMAPClient = open_imap(address, plan)
+        self.stream = ImapStream(self.client)
         self.selected: str | None = None
+        self.status_size = self.client.has_capability("STATUS=SIZE")
 
     def namespace(self) -> Namespace:
         return namespace_of(self.client)
@@ -46,27 +45,38 @@ class ImapSource:
             selected = self.client.select_folder(name, readonly=True)
             self.selected = name
             uidvalidity = int(selected[b"UIDVALIDITY"])
-            sizes = fetch_sizes(self.client) if int(selected.get(b"EXISTS", 0)) else {}
+            sizes = self.stream.sizes() if int(selected.get(b"EXISTS", 0)) else {}
         except IMAPClientError as e:
             raise imap_failure(e, f"reading folder {name!r} on the old server") from None
         messages = [SourceMessage(uid, size) for uid, size in sorted(sizes.items())]
         return FolderListing(uidvalidity, messages)
 
+    def folder_totals(self, name: str) -> tuple[int, int] | None:
+        """Messages and bytes from one STATUS (RFC 8438 SIZE), or None when the server lacks STATUS=SIZE."""
+        if not self.status_size:
+            return None
+        try:
+            status = self.client.folder_status(name, [b"MESSAGES", b"SIZE"])
+        except IMAPClientError as e:
+            raise imap_failure(e, f"STATUS of {name!r} on the old server") from None
+        return int(status[b"MESSAGES"]), int(status[b"SIZE"])
+
     def fetch(self, messages: Sequence[SourceMessage]) -> list[FetchedMessage]:
         if not messages:
             return []
+        out = []
         try:
-            fetched = self.client.fetch([m.uid for m in messages], [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE"])
+            for items in self.stream.fetch([m.uid for m in messages]):
+                if items.body is None or items.uid is None:  # expunged meanwhile, or only a flags update
+                    continue
+                flags = tuple(f for f in items.flags or () if f.lower() not in SESSION_FLAGS)
+                when = parse_internaldate(items.internaldate) if items.internaldate else None
+                out.append(FetchedMessage(items.uid, items.body, flags, when))
         except IMAPClientError as e:
             raise imap_failure(e, f"fetching from {self.selected!r} on the old server") from None
-        out = []
-        for uid in sorted(fetched):
-            data = fetched[uid]
-            raw = data.get(b"BODY[]")
-            if raw is None:  # expunged meanwhile, or the server sent only flag updates
-                continue
-            flags = tuple(f for f in (_text(x) for x in data.get(b"FLAGS", ())) if f.lower() not in SESSION_FLAGS)
-            out.append(FetchedMessage(uid, raw if isinstance(raw, bytes) else bytes(raw), flags, data.get(b"INTERNALDATE")))
+        except WireSyntaxError as e:
+            raise MailConnectionError(f"fetching from {self.selected!r} on the old server: {e}") from None
+        out.sort(key=lambda m: m.uid)
         return out
 
     def close(self) -> None:

@@ -11,13 +11,14 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from mailmigrator.adapters.imap_connection import (
     close_imap,
-    fetch_sizes,
     imap_failure,
     listed_folders,
     namespace_of,
     open_imap,
 )
 from mailmigrator.adapters.imap_responses import is_transient_response, one_line, parse_appenduid
+from mailmigrator.adapters.imap_stream import ImapStream
+from mailmigrator.adapters.imap_wire import AppendItem
 from mailmigrator.adapters.mail_connection import LoginPlan, ServerAddress, TransientFailure
 from mailmigrator.adapters.message_source import FetchedMessage
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
@@ -45,6 +46,7 @@ class ImapTarget:
         self.address = address
         self.client: IMAPClient = open_imap(address, plan)
         self.multiappend = self.client.has_capability("MULTIAPPEND")
+        self.stream = ImapStream(self.client)
 
     def namespace(self) -> Namespace:
         return namespace_of(self.client)
@@ -89,7 +91,7 @@ class ImapTarget:
         """Fingerprints of the folder's messages with UID >= `from_uid`, read in bounded batches."""
         try:
             self.client.select_folder(name, readonly=True)
-            sizes = fetch_sizes(self.client, from_uid)
+            sizes = self.stream.sizes(from_uid)
             batch: list[int] = []
             held = 0
             for uid in sorted(sizes):
@@ -108,20 +110,34 @@ class ImapTarget:
     def _fingerprint_batch(self, uids: list[int]) -> Iterator[Fingerprint]:
         if not uids:
             return
-        fetched = self.client.fetch(uids, [b"BODY.PEEK[]"])
-        for uid in sorted(fetched):
-            raw = fetched[uid].get(b"BODY[]")
-            if raw is not None:
-                yield fingerprint(raw)
+        bodies = sorted((items.uid or 0, items.body) for items in self.stream.fetch(uids) if items.body is not None)
+        for _, raw in bodies:
+            yield fingerprint(raw)
 
     def append(self, name: str, messages: Sequence[FetchedMessage]) -> AppendOutcome:
         """APPEND `messages` in order: one MULTIAPPEND (RFC 3502) when offered, else one by one.
+
+        With LITERAL+ (RFC 7888) the command is written by `ImapStream`, which sends the
+        message bytes without copying them; without it imapclient waits for each "+".
 
         A MULTIAPPEND is all-or-nothing, so when the server refuses it the
         messages are sent again one by one to find and name the refused ones.
         """
         outcome = AppendOutcome()
-        if self.multiappend and len(messages) > 1:
+        if self.stream.literal_plus and (self.multiappend or len(messages) == 1):
+            status, text = self.stream.append(
+                name, [AppendItem(m.flags, m.internaldate, m.raw) for m in messages])
+            if status == "OK":
+                outcome.accepted.extend(messages)
+                self._note_uids(outcome, name, text)
+                return outcome
+            if is_transient_response(text):
+                raise TransientFailure(f"APPEND to {name!r} on the new server: {one_line(text)}")
+            if len(messages) == 1:
+                outcome.refused.append((messages[0], f"refused by the new server: {status} {one_line(text)}"))
+                outcome.uidvalidity, outcome.uidnext = self.status(name)
+                return outcome
+        elif self.multiappend and len(messages) > 1:
             try:
                 # imapclient returns a refused MULTIAPPEND as ("NO", [text]) instead of raising.
                 result = self.client.multiappend(name, [_append_item(m) for m in messages])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mailmigrator.domain.folders import ListedFolder, Namespace
 
@@ -51,3 +51,12 @@ class MessageSource(Protocol):
     def fetch(self, messages: Sequence[SourceMessage]) -> list[FetchedMessage]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FolderTotals(Protocol):
+    """A source that can count a folder's messages and bytes without listing them (IMAP STATUS=SIZE)."""
+
+    def folder_totals(self, name: str) -> tuple[int, int] | None:
+        """Messages and bytes in the folder, or None when the server cannot say cheaply."""
+        ...

@@ -6,15 +6,11 @@ Targets: login p50 overhead < 5 ms; relayed throughput >= 80% of direct.
 
 from __future__ import annotations
 
-import sys
-
-# bench/copy.py would shadow the standard library's copy module for a script run from bench/.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
-
 import imaplib
 import socket
-import subprocess
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

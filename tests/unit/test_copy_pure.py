@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from imapclient import imap_utf7
 
-from mailmigrator.adapters.copier import batches, resume_point
+from mailmigrator.adapters.copier import batches, pipelined_batches, resume_point
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.imap_responses import is_transient_response, parse_appenduid, response_code
 from mailmigrator.adapters.message_source import FolderListing, SourceMessage
@@ -193,3 +193,16 @@ def test_compare_folder_reports_missing_duplicates_flags_and_dates() -> None:
 def test_credentials_never_print_the_password() -> None:
     secret = Credentials("alice", "hunter2-secret")
     assert "hunter2" not in repr(secret) and "hunter2" not in str(secret) and "hunter2" not in f"{secret!r} {secret}"
+
+
+def test_pipelined_batches_are_small_at_both_ends_and_keep_every_message_in_order() -> None:
+    messages = [SourceMessage(uid, 1) for uid in range(18)]
+    shaped = pipelined_batches(messages, 100, 8, ramp=4)
+    assert [[m.uid for m in b] for b in shaped] == [[0, 1], [2, 3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13, 14, 15], [16, 17]]
+    for count in (0, 1, 2, 3, 10, 11, 19, 40):
+        some = [SourceMessage(uid, 3) for uid in range(count)]
+        shaped = pipelined_batches(some, 20, 5, ramp=2)
+        assert [m for b in shaped for m in b] == some and all(b for b in shaped)
+        assert all(len(b) <= 5 and (sum(m.size for m in b) <= 20 or len(b) == 1) for b in shaped)
+    big = [SourceMessage(1, 500), SourceMessage(2, 1), SourceMessage(3, 500)]
+    assert [[m.uid for m in b] for b in pipelined_batches(big, 100, 10)] == [[1], [2], [3]]

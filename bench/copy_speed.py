@@ -5,7 +5,7 @@ folders, 2 KB - 2 MB, ~150 MB; `--small` for a tenth), then copies it three
 times, each into its own fresh new Dovecot, and prints wall time, messages/s,
 MB/s and the peak RSS of each copier process, and the ratios. Not a test.
 
-    /tmp/venv/bin/python bench/copy.py [--small] [--no-dsync]
+    /tmp/venv/bin/python bench/copy_speed.py [--small] [--no-dsync]
 """
 
 from __future__ import annotations
