@@ -110,6 +110,12 @@ class LoginRouter:
     settings: RoutingSettings
     run_state: Callable[[], str]
     provisioner: Provisioner | None = None
+    # Called with (login, password) after a completed, not yet swept account
+    # logs in to the new server: the finish sweep may need that password.
+    remember_credentials: Callable[[str, str], Awaitable[None]] | None = None
+    # passwords_only: the shared migration flow (provisioning, vault, post-migrate script),
+    # run right at the login; without it only the password is set.
+    migrate_now: Callable[[str, Credentials], Awaitable[Any]] | None = None
     _settled: set[str] = field(default_factory=set)
     _password_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
@@ -137,8 +143,15 @@ class LoginRouter:
         account = await self._account(login)
         state = account.state if account is not None else "new"
         if state in SETTLED_STATES:
+            routed = await self._to_new(login, user, protocol, account.target_login)
             self._settled.add(login)
-            return await self._to_new(login, user, protocol, account.target_login)
+            if state == "completed" and self.remember_credentials is not None:
+                # The new server just accepted this password; the old one is checked by the sweep itself.
+                try:
+                    await self.remember_credentials(login, password)
+                except Exception as e:  # keeping it is a convenience; the login has succeeded
+                    log.warning("cannot keep the credential for the finish sweep", login=login, error=str(e))
+            return routed
         if self.run_state() == "stopped" and state in ("new", "seen"):
             await self.store(self.store.service.record_login, login, protocol, client_address, local_address)
             return await self._pass_through(login, raw_login, password, protocol)
@@ -151,7 +164,7 @@ class LoginRouter:
         await self._verify(login, raw_login, password, protocol)
         first = await self.store(self.store.service.record_password_verified, login, f"{self._check_protocol(protocol)}-login")
         if self.settings.passwords_only:
-            await self._migrate_password(login, password)
+            await self._migrate_password(login, Credentials(self._source_name(login, raw_login), password))
             return await self._to_new(login, user, protocol)
         if first:
             log.info("migration triggered", login=login)
@@ -222,15 +235,24 @@ class LoginRouter:
             raise migration_in_progress() from None
         return Routed(login, "notice", session)
 
-    async def _migrate_password(self, login: str, password: str) -> None:
+    async def _migrate_password(self, login: str, credentials: Credentials) -> None:
         """passwords_only: the same password on the new account, created when missing; then complete."""
         if self.provisioner is None:
             raise ServerError("No provisioning is configured for the new server.")
         provisioner = self.provisioner
+        password = credentials.password
         lock = self._password_locks.setdefault(login, trio.Lock())
         async with lock:
             account = await self.store(self.store.service.account, login)
             if account.state in SETTLED_STATES:
+                return
+            if self.migrate_now is not None:
+                outcome = await self.migrate_now(login, credentials)
+                if not outcome.ok:
+                    log.error("password migration failed", login=login, error=outcome.message)
+                    raise ServerError("The new mail server cannot take the account now, try again later.")
+                self._password_locks.pop(login, None)
+                self._settled.add(login)
                 return
             try:
                 if await self.store(provisioner.exists, login):

@@ -1,10 +1,10 @@
 """Background migrations: each account's copy runs as a task in one service nursery.
 
-A migration provisions the account on the new server (when not yet
-created) and runs the copy engine. A failure is recorded and retried with
-exponential backoff while it is retryable. Credentials are held in memory
-only while a migration runs; a `CredentialSource` (the later vault) can hand
-them back after a restart.
+Each migration is one call of `migrate_account` (the shared migration flow:
+provision, copy, complete, post-migrate script). A failure is recorded and
+retried with exponential backoff while it is retryable. Credentials are held
+in memory only while a migration runs; a `CredentialSource` (the credential
+vault, or the source admin login) hands them back after a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import trio
 
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.login_routing import StoreCalls
-from mailmigrator.adapters.provisioning import Provisioner
 from mailmigrator.domain.errors import DomainError
 
 log = structlog.get_logger("mailmigrator.workers")
@@ -36,7 +35,7 @@ class CredentialSource(Protocol):
 
 
 class NoStoredCredentials:
-    """No vault yet: nothing can be resumed without the user logging in again."""
+    """Nothing kept: nothing can be resumed without the user logging in again."""
 
     def get(self, login: str) -> Credentials | None:
         return None
@@ -52,7 +51,6 @@ class MigrationWorkers:
 
     store: StoreCalls
     migrate_account: MigrateAccount
-    provisioner: Provisioner | None
     concurrency: int = 4
     first_backoff: float = 5.0
     max_backoff: float = 600.0
@@ -99,7 +97,6 @@ class MigrationWorkers:
                 credentials = self._active[login]
                 try:
                     async with self._limiter:
-                        await self._provision(login, credentials)
                         await self.migrate_account(login, credentials)
                     log.info("migration finished", login=login)
                     return
@@ -114,20 +111,6 @@ class MigrationWorkers:
         finally:
             self._active.pop(login, None)
             self.finished += 1
-
-    async def _provision(self, login: str, credentials: Credentials) -> None:
-        account = await self.store(self.store.service.account, login)
-        if account.created:
-            return
-        if self.provisioner is None:
-            raise RetryableFailure("no provisioning is configured for the new server")
-        provisioner = self.provisioner
-        if await self.store(provisioner.exists, login):
-            await self.store(provisioner.set_password, login, credentials.password)
-        else:
-            await self.store(provisioner.create, login, credentials.password)
-        await self.store(self.store.service.record_account_created, login, login, [], provisioner.name)
-        await trio.sleep(provisioner.settle_seconds)
 
     async def _record_failure(self, login: str, reason: str, retryable: bool) -> None:
         def record() -> None:

@@ -60,14 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("start", help="record the Start Migration button")
     sub.add_parser("stop", help="record the Stop Migration button")
 
-    p = sub.add_parser("migrate", help="verify, create and copy one account now (manual migration)")
-    p.add_argument("--user", required=True, metavar="LOGIN", help="the user's login on the old server")
+    p = sub.add_parser("migrate", help="verify, create and copy accounts now (manual migration)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="LOGIN", help="the user's login on the old server")
+    who.add_argument("--bulk", type=Path, metavar="FILE",
+                     help="lines user:pass or user:pass:alias@domain; blank lines and # comments ignored")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
     p.add_argument("--domain", help="domain of a bare username (default [migration] primary_domain)")
 
     p = sub.add_parser("verify", help="compare old and new mailbox of one account; exit 0 only when equal")
     p.add_argument("login")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
+
+    sub.add_parser("finish", help="complete pending migrations, then sweep late mail from the old server")
 
     sub.add_parser("serve", help="run the proxy listeners, migration workers and projections until SIGTERM")
     p = sub.add_parser("notice", help="put the notice message into the migration account's INBOX")
@@ -143,12 +148,12 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no accounts"
     print(f"run: {run['state']}    accounts: {len(accounts)} ({summary})")
     if accounts:
-        print(f"{'LOGIN':32} {'STATE':10} {'LOCKED':6} {'FOLDERS':>7} {'MESSAGES':>9} {'SIZE':>10}  ERROR")
+        print(f"{'LOGIN':32} {'STATE':10} {'LOCKED':6} {'FOLDERS':>7} {'MESSAGES':>9} {'SIZE':>10}  {'NODE':20} ERROR")
         for doc in accounts:
             print(
                 f"{doc['login']:32} {doc['state']:10} {'yes' if doc['locked'] else 'no':6} "
                 f"{len(doc['folders']):>7} {doc['messages']:>9,} {human_bytes(doc['bytes']):>10}  "
-                f"{doc['error'] or ''}"
+                f"{doc.get('node') or '-':20} {doc['error'] or ''}"
             )
     return EXIT_OK
 
@@ -319,46 +324,16 @@ def _password(args: argparse.Namespace, login: str) -> str:
     return password
 
 
-def _progress_reporter() -> Callable[[Any], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def report(progress: Any) -> None:
-        print(f"\r\x1b[K{progress.line()}", end="", file=sys.stderr, flush=True)
-
-    return report
-
-
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
-    from mailmigrator.ops.copying import MigrationRefused, migrate_one
-    from mailmigrator.ops.logs import configure_logging
+    from mailmigrator.ops.manual_migration import cmd_migrate as migrate
 
-    configure_logging()
-    login = normalise_login(args.user, args.domain or config.migration.primary_domain)
-    password = _password(args, login)
-    wired = _open(config, create=True)
-    assert wired is not None
-    report = _progress_reporter()
-    try:
-        outcome = migrate_one(config, wired.app, args.user, login, password, report=report)
-        wired.views.catch_up()
-    except MigrationRefused as e:
-        raise CommandFailed(str(e)) from None
-    finally:
-        wired.close()
-        if report is not None:
-            print(file=sys.stderr)
-    result = outcome.result
-    if outcome.already_done or result is None:
-        print(f"{login}: already migrated; nothing to copy")
-        return EXIT_OK
-    if not result.ok:
-        print(f"{login}: FAILED: {result.error}")
-        return EXIT_FAILED
-    skipped = f", {result.skipped} skipped (see `mailmigrator show {login}`)" if result.skipped else ""
-    print(f"{login}: migrated {result.folders} folders, {result.messages:,} messages, "
-          f"{human_bytes(result.bytes)}{skipped}")
-    return EXIT_OK
+    return migrate(config, args)
+
+
+def cmd_finish(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.finish import cmd_finish as finish
+
+    return finish(config, args)
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
@@ -399,6 +374,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "start": cmd_start,
     "stop": cmd_stop,
     "migrate": cmd_migrate,
+    "finish": cmd_finish,
     "verify": cmd_verify,
     "serve": lambda config, args: _serve(config, args),
     "notice": lambda config, args: _notice(config, args),

@@ -1,14 +1,11 @@
-"""Service-side glue for copying: configuration in, connections, login plans and a copier out."""
+"""Service-side glue for copying: configuration in, connections, login plans and a copier out.
+
+The steps of one account's migration live in `ops.migration_flow`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
-
-import trio
-
-from mailmigrator.adapters.copier import AccountJob, AccountResult, CopyProgress, CopySettings, MailboxCopier
+from mailmigrator.adapters.copier import CopyProgress, CopySettings, MailboxCopier
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.imap_source import ImapSource
 from mailmigrator.adapters.imap_target import ImapTarget
@@ -31,16 +28,6 @@ from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetCon
 
 class MigrationRefused(Exception):
     """A manual migration cannot go on; the message is the one line to show."""
-
-
-class Provisioner(Protocol):
-    """Creates the account on the new server (plugged in by the provisioning code)."""
-
-    name: str
-
-    def create(self, login: str, credentials: Credentials) -> tuple[str, list[str]]:
-        """Create `login` with this password; return the target login and its aliases."""
-        ...
 
 
 def source_address(source: SourceConfig) -> ServerAddress:
@@ -113,6 +100,8 @@ def build_copier(
         concurrency=m.concurrency,
         connections_per_source_host=m.connections_per_source_host,
         folder_connections=min(3, m.connections_per_source_host),
+        node=m.node_name,
+        lease_seconds=m.lease_seconds,
     )
     return MailboxCopier(
         service,
@@ -140,70 +129,6 @@ def check_target_account(config: Config, target_login: str) -> None:
         raise MigrationRefused(
             f"{target_login} does not exist on the new server; create it first (no provisioning is plugged in)"
         ) from None
-
-
-@dataclass
-class ManualOutcome:
-    result: AccountResult | None
-    already_done: bool = False
-
-
-def migrate_one(
-    config: Config,
-    service: MigrationService,
-    typed: str,
-    login: str,
-    password: str,
-    *,
-    provisioner: Provisioner | None = None,
-    progress: CopyProgress | None = None,
-    report: Callable[[CopyProgress], None] | None = None,
-) -> ManualOutcome:
-    """Verify the password, create (or require) the target account, copy. Blocking: runs its own trio loop."""
-    try:
-        check_password(config, typed, login, password)
-    except LoginRefused as e:
-        service.record_password_rejected(login, "wrong password (manual migration)")
-        raise MigrationRefused(f"{login}: the old server refused the password: {e}") from None
-    except (MailConnectionError, OSError) as e:
-        raise MigrationRefused(f"{login}: cannot reach the old server: {describe_error(e)}") from None
-    service.record_password_verified(login, "manual")
-    account = service.account(login)
-    if account.state in ("completed", "swept"):
-        return ManualOutcome(None, already_done=True)
-    if not account.created:
-        if provisioner is not None:
-            target_login, aliases = provisioner.create(login, Credentials(login, password))
-            service.record_account_created(login, target_login, aliases, provisioner.name)
-        else:
-            check_target_account(config, login)
-            service.record_account_created(login, login, [], "existing")
-        account = service.account(login)
-    job = AccountJob(
-        login,
-        copy_plan(config, typed, login, password),
-        target_plan(config, account.target_login or login),
-    )
-    copier = build_copier(config, service, progress)
-    result: AccountResult = trio.run(_copy_reporting, copier, job, report)
-    return ManualOutcome(result)
-
-
-async def _copy_reporting(
-    copier: MailboxCopier, job: AccountJob, report: Callable[[CopyProgress], None] | None
-) -> AccountResult:
-    async def tick() -> None:
-        while True:
-            await trio.sleep(1.0)
-            assert report is not None
-            report(copier.progress)
-
-    async with trio.open_nursery() as nursery:
-        if report is not None:
-            nursery.start_soon(tick)
-        result = await copier.copy_account(job)
-        nursery.cancel_scope.cancel()
-    return result
 
 
 def verify_one(config: Config, typed: str, login: str, password: str | None, target_login: str) -> list[str]:

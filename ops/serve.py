@@ -8,17 +8,18 @@ state (`start` / `stop` from another process) is polled every second.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 import structlog
 import trio
 
 from mailmigrator.adapters.backend import BackendAddress, ServerBackends
-from mailmigrator.adapters.copier import AccountJob
+from mailmigrator.adapters.vault import CredentialVault
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.login_routing import LoginRouter, RoutingSettings, StoreCalls
-from mailmigrator.adapters.mail_connection import ServerAddress, tls_context, warn_unverified
+from mailmigrator.adapters.mail_connection import ServerAddress, source_login_name, tls_context, warn_unverified
 from mailmigrator.adapters.migration_workers import (
     RESUMABLE_STATES,
     CredentialSource,
@@ -26,18 +27,16 @@ from mailmigrator.adapters.migration_workers import (
     NoStoredCredentials,
     RetryableFailure,
 )
-from mailmigrator.adapters.provisioning import (
-    PasswdFileProvisioner,
-    PostgresUsersProvisioner,
-    Provisioner,
-)
 from mailmigrator.adapters.proxy import Listener, LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.throttle import LoginThrottle
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.domain.errors import AccountNotFound
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
-from mailmigrator.ops.copying import build_copier, copy_plan, target_plan
+from mailmigrator.ops.copying import build_copier, target_plan
+from mailmigrator.ops.finish import FinishReport, finish_migration
+from mailmigrator.ops.migration_flow import MigrationFlow, build_provisioner, open_vault
 from mailmigrator.ops.wiring import open_store
+from mailmigrator.projections.accounts import expired_leases
+from mailmigrator.projections.follower import MigrationViews
 
 log = structlog.get_logger("mailmigrator.serve")
 
@@ -69,16 +68,6 @@ def _backend(address: ServerAddress) -> BackendAddress:
     return BackendAddress(address.host, address.port, address.tls, context)
 
 
-def build_provisioner(target: TargetConfig) -> Provisioner:
-    if target.provisioning == "postgresql":
-        provisioner = PostgresUsersProvisioner(target.postgresql_url, target.postgresql_table, target.password_scheme)
-        provisioner.ensure_table()
-        return provisioner
-    if target.passwd_file is None:
-        raise ConfigError("[target] provisioning = \"passwd-file\" needs passwd_file")
-    return PasswdFileProvisioner(target.passwd_file, target.password_scheme)
-
-
 def listeners_of(config: Config) -> list[Listener]:
     p = config.proxy
     return (
@@ -99,6 +88,9 @@ class Service:
     workers: MigrationWorkers
     run_state: RunState
     credentials: CredentialSource = field(default_factory=NoStoredCredentials)
+    # The finish work for a Finish pressed elsewhere (console, another node's CLI), once claimed here.
+    finish: Callable[[], Awaitable[FinishReport]] | None = None
+    _nursery: trio.Nursery | None = None
 
     async def run(
         self,
@@ -109,18 +101,22 @@ class Service:
         store = self.workers.store
         self.run_state.state = (await store(self.app.run)).state
         views_limiter = trio.CapacityLimiter(1)
-        from mailmigrator.projections.follower import MigrationViews
 
         views = await trio.to_thread.run_sync(lambda: MigrationViews(self.app, log_file=self.config.migration.log_file))
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(self.workers.run)
             nursery.start_soon(self._poll_run_state)
             nursery.start_soon(self._follow, views, views_limiter)
+            nursery.start_soon(self._take_over_expired, views, views_limiter)
             locked: list[str] = []
             await trio.to_thread.run_sync(views.catch_up, limiter=views_limiter)
             for state in RESUMABLE_STATES:
                 locked += [doc["login"] for doc in await trio.to_thread.run_sync(views.accounts, state, limiter=views_limiter)]
-            resumed = self.workers.resume(self.credentials, locked)
+            # The vault is read in a worker thread; `begin` must run in this one.
+            found = await trio.to_thread.run_sync(
+                lambda: {login: c for login in locked if (c := self.credentials.get(login)) is not None})
+            resumed = [login for login, c in found.items() if self.workers.begin(login, c)]
             if locked:
                 log.info("locked accounts", count=len(locked), resumed=len(resumed),
                          waiting_for_login=len(locked) - len(resumed))
@@ -138,6 +134,37 @@ class Service:
             if state != self.run_state.state:
                 log.info("run state changed", state=state, was=self.run_state.state)
                 self.run_state.state = state
+            if state == "finishing" and self.finish is not None and self._nursery is not None:
+                node = self.config.migration.node_name
+                if await self.workers.store(self.app.claim_finish, node):
+                    log.info("finish work taken on", node=node)
+                    self._nursery.start_soon(self._finish)
+
+    async def _finish(self) -> None:
+        assert self.finish is not None
+        try:
+            report = await self.finish()
+        except Exception as e:  # recorded for the admin; the proxy keeps serving
+            log.error("finish failed", error=str(e))
+            return
+        log.info("finish completed", swept=report.swept, failed=len(report.failed))
+
+    async def _take_over_expired(self, views: MigrationViews, limiter: trio.CapacityLimiter) -> None:
+        """Resume accounts whose node stopped renewing its lease (it died): the claim decides who wins."""
+        m = self.config.migration
+        while True:
+            await trio.sleep(max(1.0, m.lease_seconds / 4))
+            try:
+                docs = await trio.to_thread.run_sync(views.accounts, None, limiter=limiter)
+                orphans = expired_leases(docs, m.node_name, datetime.now(timezone.utc), m.lease_seconds)
+                found = await trio.to_thread.run_sync(
+                    lambda: {login: c for login in orphans if (c := self.credentials.get(login)) is not None})
+            except Exception as e:  # a store hiccup must not stop the service
+                log.warning("cannot look for expired leases", error=str(e))
+                continue
+            for login, credentials in found.items():
+                if self.workers.begin(login, credentials):
+                    log.info("taking over an account whose lease expired", login=login, node=m.node_name)
 
     async def _follow(self, views: object, limiter: trio.CapacityLimiter) -> None:
         while True:
@@ -165,30 +192,28 @@ def build_service(config: Config, app: MigrationService, limits: ProxyLimits | N
     provisioner = build_provisioner(target)
     m = config.migration
     store = StoreCalls(app)
-
-    copier = build_copier(config, app)
+    flow = MigrationFlow(config, app, build_copier(config, app), provisioner=provisioner,
+                         vault=open_vault(config, app))
 
     async def migrate_account(login: str, credentials: Credentials) -> None:
         # credentials.login is the name as the old server knows it (login_format applied).
-        source_plan = copy_plan(config, credentials.login, login, credentials.password)
-        result = await copier.copy_account(AccountJob(login, source_plan, target_plan(config, login)))
-        if not result.ok:
-            try:
-                account = await store(app.account, login)
-                retryable = account.failed_retryable
-            except AccountNotFound:
-                retryable = True
-            if retryable:
-                raise RetryableFailure(result.error or "copy failed")
-            raise PermanentFailure(result.error or "copy failed")
+        outcome = await flow.migrate(login, credentials)
+        if outcome.busy:
+            log.info("account held by another node", login=login, detail=outcome.message)
+            return
+        if not outcome.ok:
+            if outcome.retryable:
+                raise RetryableFailure(outcome.message)
+            raise PermanentFailure(outcome.message)
 
     workers = MigrationWorkers(
-        store, migrate_account, provisioner, concurrency=m.concurrency,
+        store, migrate_account, concurrency=m.concurrency,
         is_retryable=lambda e: not isinstance(e, PermanentFailure),
     )
     run_state = RunState()
     backends = ServerBackends(
         old_imap=_backend(old_imap), old_pop3=_backend(old_pop3), new_imap=_backend(new_imap),
+        new_pop3=_backend(replace(new_imap, port=target.pop3_port)) if target.pop3_port else None,
         master_user=target.master_user, master_password=master_password, migration_account=m.migration_account,
     )
     router = LoginRouter(
@@ -198,13 +223,53 @@ def build_service(config: Config, app: MigrationService, limits: ProxyLimits | N
             migration_account=m.migration_account, source_protocol=source.protocol, login_format=source.login_format,
         ),
         run_state=run_state, provisioner=provisioner,
+        remember_credentials=_remembering(flow) if flow.vault is not None else None,
+        migrate_now=flow.migrate,
     )
     p = config.proxy
     context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls_cert and p.tls_key else None
     proxy = LoginProxy(
         router, throttle or LoginThrottle(), context, limits or ProxyLimits(), p.require_tls_for_login
     )
-    return Service(config, app, proxy, workers, run_state)
+    credentials: CredentialSource = StoredCredentials(config, flow.vault)
+    views = MigrationViews(app, log_file=m.log_file)
+
+    async def finish() -> FinishReport:
+        return await finish_migration(config, app, views, flow)
+
+    return Service(config, app, proxy, workers, run_state, credentials, finish)
+
+
+@dataclass
+class StoredCredentials:
+    """What a restarted `serve` resumes with: the vault's password, or the admin login (empty password)."""
+
+    config: Config
+    vault: CredentialVault | None
+
+    def get(self, login: str) -> Credentials | None:
+        name = source_login_name(login, login, self.config.source.login_format if self.config.source else "email")
+        if self.vault is None:
+            return Credentials(name, "")  # the source admin login copies; see copy_plan
+        password = self.vault.get(login)
+        return Credentials(name, password) if password is not None else None
+
+
+def _remembering(flow: MigrationFlow) -> Callable[[str, str], Awaitable[None]]:
+    """Keep the password of a completed (not yet swept) account at its login, so that `finish` can sweep it."""
+    vault = flow.vault
+    assert vault is not None
+    limiter = trio.CapacityLimiter(1)
+
+    async def remember(login: str, password: str) -> None:
+        def put() -> None:
+            if vault.get(login) is None:
+                vault.put(login, password)
+                log.info("credential kept for the finish sweep", login=login)
+
+        await trio.to_thread.run_sync(put, limiter=limiter)
+
+    return remember
 
 
 class PermanentFailure(Exception):

@@ -1,7 +1,7 @@
 """The Manual tab: migrate one user, or every user of a bulk file, now.
 
-The steps are those of `ops.copying.migrate_one` (the CLI's `migrate --user`),
-run inside serve's trio loop instead of a loop of their own, so that a
+The steps are the shared `MigrationFlow` (the CLI's `migrate --user` and
+`--bulk`, the proxy's workers), run inside serve's trio loop, so that a
 SIGTERM cancels a manual copy like any other (it resumes from its last
 checkpoint). Passwords live only in the queued job, are dropped as soon as
 the account is done, and never appear in its JSON, a log line or an event.
@@ -18,19 +18,11 @@ from typing import Any
 import structlog
 import trio
 
-from mailmigrator.adapters.copier import AccountJob, AccountResult, CopyProgress
-from mailmigrator.adapters.mail_connection import LoginRefused, MailConnectionError, describe_error
+from mailmigrator.adapters.copier import CopyProgress
 from mailmigrator.domain.errors import DomainError
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem
 from mailmigrator.ops.config import Config, ConfigError
-from mailmigrator.ops.copying import (
-    MigrationRefused,
-    build_copier,
-    check_password,
-    check_target_account,
-    copy_plan,
-    target_plan,
-)
+from mailmigrator.ops.migration_flow import build_flow
 from mailmigrator.ops.wiring import Wired
 
 log = structlog.get_logger("mailmigrator.console")
@@ -150,42 +142,14 @@ class ManualMigrations:
 
 
 async def migrate_account(config: Config, wired: Wired, entry: BulkEntry, progress: CopyProgress) -> AccountOutcome:
-    """Verify the password, require the account on the new server, copy: the steps of `migrate --user`."""
-    app = wired.app
-    login = entry.login
-    limiter = trio.CapacityLimiter(1)
-
-    async def blocking(fn: Callable[[], Any]) -> Any:
-        return await trio.to_thread.run_sync(fn, limiter=limiter)
-
+    """Verify, create, copy, complete, post-migrate script: the shared migration flow."""
     try:
-        try:
-            await blocking(lambda: check_password(config, login, login, entry.password))
-        except LoginRefused as e:
-            await blocking(lambda: app.record_password_rejected(login, "wrong password (manual migration)"))
-            return AccountOutcome(login, False, f"the old server refused the password: {e}")
-        except (MailConnectionError, OSError) as e:
-            return AccountOutcome(login, False, f"cannot reach the old server: {describe_error(e)}")
-        await blocking(lambda: app.record_password_verified(login, "manual"))
-        account = await blocking(lambda: app.account(login))
-        if account.state in ("completed", "swept"):
-            return AccountOutcome(login, True, "already migrated; nothing to copy")
-        if not account.created:
-            await blocking(lambda: check_target_account(config, login))
-            await blocking(lambda: app.record_account_created(login, login, [], "existing"))
-            account = await blocking(lambda: app.account(login))
-        target_login = account.target_login or login
-        job = await blocking(lambda: AccountJob(
-            login, copy_plan(config, login, login, entry.password), target_plan(config, target_login)))
-        copier = await blocking(lambda: build_copier(config, app, progress))
-        result: AccountResult = await copier.copy_account(job)
-    except (MigrationRefused, ConfigError, DomainError) as e:
-        return AccountOutcome(login, False, str(e))
-    if not result.ok:
-        return AccountOutcome(login, False, result.error or "copy failed")
-    return AccountOutcome(
-        login, True, f"migrated {result.folders} folders, {result.messages:,} messages"
-        + (f", {result.skipped} skipped" if result.skipped else ""))
+        flow = await trio.to_thread.run_sync(lambda: build_flow(config, wired.app, progress))
+    except (ConfigError, DomainError) as e:
+        return AccountOutcome(entry.login, False, str(e))
+    aliases = [entry.alias] if entry.alias else []
+    outcome = await flow.migrate_with_password(entry.login, entry.login, entry.password, aliases=aliases)
+    return AccountOutcome(entry.login, outcome.ok, outcome.message)
 
 
 def single_entry(login: str, password: str) -> BulkEntry:

@@ -120,6 +120,10 @@ def test_console_of_a_running_serve_follows_a_proxy_login(pair: Any, tmp_path: P
         browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=log]").click()
         wait_text("log-lines", "FINISH MIGRATION requested (by console)")
         assert "zoe@example.com  migration completed" in browser.find_element(By.ID, "log-lines").text
+        # The running serve takes the finish work on and sweeps with the vault's password.
+        wait_text("log-lines", "FINISH MIGRATION completed: 1 accounts swept", timeout=60)
+        assert "zoe@example.com  finish sweep: no new mail" in browser.find_element(By.ID, "log-lines").text
+        wait_text("run-state", "finished")
 
         status = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"

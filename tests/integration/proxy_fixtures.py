@@ -51,6 +51,7 @@ def write_config(
     listen: str = "127.0.0.1",
     extra_proxy: str = "",
     tls: bool = True,
+    extra_migration: str = "",
 ) -> Path:
     master = tmp / "master.secret"
     master.write_text(pair.new.master_password or "")
@@ -95,7 +96,7 @@ def write_config(
         primary_domain = "example.com"
         passwords_only = {'true' if passwords_only else 'false'}
         concurrency = 2
-        """) + (f"\n[migration.domains]\n{domain_lines}" if domains else "")
+        """) + extra_migration + (f"\n[migration.domains]\n{domain_lines}" if domains else "")
     path = tmp / "mailmigrator.toml"
     path.write_text(text)
     return path

@@ -203,3 +203,25 @@ def test_console_script_runs(tmp_path: Path) -> None:
     result = subprocess.run([str(script), "--config", str(cfg), "status", "--json"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["run"]["state"] == "stopped"
+
+
+def test_finish_follows_a_finish_another_process_took_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    cfg = config_file(tmp_path, '[source]\nhost = "127.0.0.1"\n')
+    wired = open_store(load_config(cfg), create=True)
+    assert wired is not None
+    wired.app.start_run("test")
+    wired.app.request_finish("console")
+    assert wired.app.claim_finish("node-b") is True
+    assert wired.app.claim_finish("node-c") is False, "a second claim is refused"
+    timer = threading.Timer(2.5, lambda: wired.app.complete_finish(3, 7))
+    timer.start()
+    try:
+        code, out, err = run_cli(capsys, "--config", str(cfg), "finish")
+    finally:
+        timer.join()
+        wired.close()
+    assert code == 0
+    assert "being done by node-b" in err
+    assert "completed by node-b" in out

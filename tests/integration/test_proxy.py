@@ -192,8 +192,13 @@ async def test_locked_user_without_notice_account_is_refused_over_pop3(pair: Pai
 
 async def test_passwords_only_then_curl_lists_the_new_server(pair: Pair, tmp_path: Path) -> None:
     seed_user(pair, "dave@example.com", messages=3)
+    ran = tmp_path / "post-script.args"
+    script = tmp_path / "post.sh"
+    script.write_text(f'#!/bin/sh\nprintf "%s|%s" "$1" "$2" > {ran}\n')
+    script.chmod(0o755)
     async with trio.open_nursery() as nursery:
-        running = await run_service(tmp_path, pair, nursery, passwords_only=True)
+        running = await run_service(tmp_path, pair, nursery, passwords_only=True,
+                                    extra_migration=f'post_migrate_script = "{script}"\n')
         port = running.ports["imap@127.0.0.1"]
         result = await trio.to_thread.run_sync(curl, f"imap://127.0.0.1:{port}/", "dave", OLD_PASSWORD)
         assert result.returncode == 0, result.stderr
@@ -202,6 +207,10 @@ async def test_passwords_only_then_curl_lists_the_new_server(pair: Pair, tmp_pat
         assert await running.state("dave@example.com") == "completed"
         line = [l for l in pair.new.passwd_file.read_text().splitlines() if l.startswith("dave@example.com:")]
         assert len(line) == 1 and line[0].split(":")[1].startswith("{SHA512-CRYPT}$6$")
+        # The same flow as every other migration: the post-migrate script ran with EMAIL and PASSWORD.
+        assert ran.read_text() == f"dave@example.com|{OLD_PASSWORD}"
+        names = [type(e).__name__ for e in running.app.history("dave@example.com")]
+        assert "PostScriptRan" in names and names.count("AccountCreated") == 1
         nursery.cancel_scope.cancel()
 
 
