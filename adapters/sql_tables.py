@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,3 +46,21 @@ class SqlTables:
 def rowcount(cursor: Any) -> int:
     # The library's SQLite cursor wrapper does not expose rowcount.
     return int(getattr(cursor, "sqlite_cursor", cursor).rowcount)
+
+
+def is_creation_race(error: Exception) -> bool:
+    """Whether `error` is PostgreSQL losing a race of two CREATE ... IF NOT EXISTS (not atomic there)."""
+    text = str(error)
+    return any(sign in text for sign in ("pg_type_typname_nsp_index", "already exists", "tuple concurrently updated"))
+
+
+def create_tables_racing(create: Any, attempts: int = 5) -> None:
+    """Run `create()`; when another process creating the same tables wins a race, try again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            create()
+            return
+        except Exception as e:  # only a creation race is retried
+            if attempt == attempts or not is_creation_race(e):
+                raise
+            time.sleep(random.uniform(0.1, 0.5))

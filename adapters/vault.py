@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mailmigrator.adapters.sql_tables import SqlTables, rowcount
+from mailmigrator.adapters.sql_tables import SqlTables, create_tables_racing, rowcount
 
 
 class VaultError(Exception):
@@ -27,13 +28,20 @@ class VaultError(Exception):
 
 def load_or_create_key(path: Path) -> bytes:
     """The vault key from `path`, created (32 random bytes, mode 0600) when absent."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+    if not path.exists():
+        # Written aside, then linked into place: a node starting at the same moment
+        # finds either no key or a whole one, never half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise VaultError(f"credential key file {path} is readable by others; chmod 600 it")
@@ -56,7 +64,7 @@ class CredentialVault(SqlTables):
         """The vault on the store's own database, sealing with `key`."""
         vault: CredentialVault = cls.on(factory)
         vault._aead = AESGCM(key)
-        vault.create_table()
+        create_tables_racing(vault.create_table)
         return vault
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -18,7 +19,7 @@ from eventsourcing.persistence import RecordConflictError
 
 from mailmigrator.domain.errors import AccountNotFound, ConcurrentUpdate
 from mailmigrator.domain.logins import account_id
-from mailmigrator.domain.model import RUN_ID, AccountMigration, MigrationRun
+from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS, RUN_ID, AccountMigration, MigrationRun
 
 T = TypeVar("T")
 
@@ -131,18 +132,32 @@ class MigrationService(Application[UUID]):
         )
 
     def record_migration_started(
-        self, login: str, folders: list[dict[str, Any]], total_messages: int, total_bytes: int
+        self,
+        login: str,
+        folders: list[dict[str, Any]],
+        total_messages: int,
+        total_bytes: int,
+        *,
+        node: str = "",
+        now: datetime | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> int:
-        """Record the start (or resume) of a copy; returns the attempt number."""
+        """Record the start (or resume) of a copy by `node`, claiming its lease; returns the attempt number.
+
+        `AccountBusy` while another node's lease is live at `now` (the caller's clock).
+        Under a concurrent write the command reloads, so of two nodes claiming at once
+        exactly one wins and the other sees the winner's lease.
+        """
 
         def start(account: AccountMigration) -> int:
             attempt = account.attempts + 1
-            account.start_migration(folders, total_messages, total_bytes, attempt)
+            account.claim_migration(folders, total_messages, total_bytes, attempt, node, now, lease_seconds)
             return attempt
 
         return self.update_account(login, start)
 
     def record_folder_copied(self, login: str, **checkpoint: Any) -> None:
+        """Record a checkpoint; pass `node=` to have a node without the lease refused (`LeaseLost`)."""
         self.update_account(login, lambda a: a.copy_folder(**checkpoint))
 
     def record_completed(
@@ -153,16 +168,27 @@ class MigrationService(Application[UUID]):
         folders: int,
         duration_seconds: float,
         passwords_only: bool,
+        *,
+        node: str | None = None,
     ) -> None:
-        self.update_account(
-            login,
-            lambda a: a.complete_migration(
-                messages, bytes, folders, duration_seconds, passwords_only
-            ),
-        )
+        """Record completion; with `node`, refused (`LeaseLost`) unless that node holds the lease."""
 
-    def record_failed(self, login: str, reason: str, retryable: bool) -> None:
-        self.update_account(login, lambda a: a.fail_migration(reason, retryable))
+        def complete(account: AccountMigration) -> None:
+            if node is not None:
+                account.check_owner(node)
+            account.complete_migration(messages, bytes, folders, duration_seconds, passwords_only)
+
+        self.update_account(login, complete)
+
+    def record_failed(self, login: str, reason: str, retryable: bool, *, node: str | None = None) -> None:
+        """Record a failure; with `node`, refused (`LeaseLost`) unless that node holds the lease."""
+
+        def fail(account: AccountMigration) -> None:
+            if node is not None:
+                account.check_owner(node)
+            account.fail_migration(reason, retryable)
+
+        self.update_account(login, fail)
 
     def record_post_script(
         self, login: str, exit_status: int, duration_seconds: float, timed_out: bool
@@ -171,8 +197,15 @@ class MigrationService(Application[UUID]):
             login, lambda a: a.record_post_script(exit_status, duration_seconds, timed_out)
         )
 
-    def record_swept(self, login: str, folders: dict[str, int], messages: int, bytes: int) -> None:
-        self.update_account(login, lambda a: a.sweep(folders, messages, bytes))
+    def record_swept(
+        self,
+        login: str,
+        folders: dict[str, int],
+        messages: int,
+        bytes: int,
+        checkpoints: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.update_account(login, lambda a: a.sweep(folders, messages, bytes, checkpoints or {}))
 
     def record_credential_destroyed(self, login: str, reason: str) -> None:
         self.update_account(login, lambda a: a.destroy_credential(reason))
@@ -190,6 +223,17 @@ class MigrationService(Application[UUID]):
         return self.update_run(
             lambda r: _press(r, "finishing", r.request_finish, by)
         )
+
+    def claim_finish(self, node: str) -> bool:
+        """Take on the requested finish work as `node`; False when there is none or another took it."""
+
+        def claim(run: MigrationRun) -> bool:
+            if run.state != "finishing" or run.finish_claimed_by:
+                return False
+            run.claim_finish(node)
+            return True
+
+        return self.update_run(claim)
 
     def complete_finish(self, accounts: int, messages: int) -> None:
         self.update_run(lambda r: r.complete_finish(accounts, messages))

@@ -34,3 +34,28 @@ class AccountAlreadyCreated(DomainError):
 
 class ConcurrentUpdate(DomainError):
     """Another writer kept changing the same aggregate; the command gave up."""
+
+
+class AccountBusy(DomainError):
+    """Another node holds the account's lease; it may take over only once the lease expires."""
+
+    def __init__(self, login: str, node: str, expires_at: str) -> None:
+        super().__init__(
+            f"account {login} is being migrated by node {node or '(unnamed)'} until at least {expires_at}; "
+            "it is taken over automatically once that node stops renewing its lease"
+        )
+        self.login = login
+        self.node = node
+
+
+class LeaseLost(DomainError):
+    """A node wrote for an account whose lease another node now holds (fencing)."""
+
+    def __init__(self, login: str, node: str, owner: str) -> None:
+        super().__init__(
+            f"account {login}: node {node or '(unnamed)'} no longer holds the lease, "
+            f"node {owner or '(unnamed)'} does; its write was refused"
+        )
+        self.login = login
+        self.node = node
+        self.owner = owner

@@ -6,11 +6,12 @@ Payloads are primitives only. A password or a message body never enters an event
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from mailmigrator.domain.errors import AccountAlreadyCreated, IllegalTransition
+from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, IllegalTransition, LeaseLost
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
     ACCOUNT_TRANSITIONS,
@@ -20,6 +21,18 @@ from mailmigrator.domain.states import (
 )
 
 RUN_ID = uuid.uuid5(uuid.UUID("6f0b7f36-7c1e-5c34-9a53-3c2a3a0e4d11"), "migration-run")
+
+# A node holds an account while it copies; its checkpoints renew the lease.
+DEFAULT_LEASE_SECONDS = 120.0
+
+
+class _LeaseEvent(Aggregate.Event):
+    """An event of the lease owner: its timestamp (the library's) renews the lease."""
+
+    def mutate(self, aggregate: Any) -> Any:
+        aggregate = super().mutate(aggregate)
+        aggregate.lease_renewed_at = self.timestamp
+        return aggregate
 
 
 class AccountMigration(Aggregate):
@@ -51,13 +64,21 @@ class AccountMigration(Aggregate):
         aliases: list[str]
         provisioner: str
 
-    class MigrationStarted(Aggregate.Event):
+    class MigrationStarted(_LeaseEvent):
         folders: list[dict[str, Any]]
         total_messages: int
         total_bytes: int
         attempt: int
+        node: str
 
-    class FolderCopied(Aggregate.Event):
+        # v1 had no node: it came with several nodes sharing one store.
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["node"] = ""
+
+    class FolderCopied(_LeaseEvent):
         source_folder: str
         target_folder: str
         uidvalidity: int
@@ -71,6 +92,13 @@ class AccountMigration(Aggregate):
         target_uidvalidity: int
         target_uidnext: int
         last_uidl: str
+        node: str
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["node"] = ""
 
     class MigrationCompleted(Aggregate.Event):
         messages: int
@@ -92,6 +120,15 @@ class AccountMigration(Aggregate):
         folders: dict[str, int]
         messages: int
         bytes: int
+        # Each swept folder's new checkpoint (FolderCopied's fields): the
+        # next sweep copies only what arrived after it.
+        checkpoints: dict[str, dict[str, Any]] | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["checkpoints"] = {}
 
     class CredentialDestroyed(Aggregate.Event):
         reason: str
@@ -112,6 +149,9 @@ class AccountMigration(Aggregate):
         self.failed_retryable = False
         self.credential_destroyed = False
         self.swept_messages = 0
+        # The node that last started (or resumed) the copy, and when it last wrote.
+        self.node = ""
+        self.lease_renewed_at: datetime | None = None
 
     @property
     def locked(self) -> bool:
@@ -124,6 +164,43 @@ class AccountMigration(Aggregate):
     def allows(self, event_name: str) -> bool:
         """Whether the state machine allows `event_name` now."""
         return next_state(ACCOUNT_TRANSITIONS, self.state, event_name) is not None
+
+    def lease_expires_at(self, lease_seconds: float) -> datetime | None:
+        """When the owner's lease runs out; None when no copy was ever started."""
+        if self.lease_renewed_at is None:
+            return None
+        return self.lease_renewed_at + timedelta(seconds=lease_seconds)
+
+    def lease_held_by_other(self, node: str, now: datetime | None, lease_seconds: float) -> bool:
+        """Whether a node other than `node` holds a live lease (only copying or failed accounts have one).
+
+        Without `now` a foreign lease counts as live: nothing is taken over on a guess.
+        """
+        expires = self.lease_expires_at(lease_seconds)
+        if self.node == node or expires is None or self.state not in ("copying", "failed"):
+            return False
+        return now is None or now < expires
+
+    def claim_migration(
+        self,
+        folders: list[dict[str, Any]],
+        total_messages: int,
+        total_bytes: int,
+        attempt: int,
+        node: str,
+        now: datetime | None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        """Start or resume the copy as `node`: refused while another node's lease is live."""
+        if self.lease_held_by_other(node, now, lease_seconds):
+            expires = self.lease_expires_at(lease_seconds)
+            raise AccountBusy(self.login, self.node, expires.isoformat(timespec="seconds") if expires else "?")
+        self.start_migration(folders, total_messages, total_bytes, attempt, node)
+
+    def check_owner(self, node: str) -> None:
+        """Fencing: refuse a write of a node that no longer holds the lease."""
+        if self.node and node != self.node:
+            raise LeaseLost(self.login, node, self.node)
 
     def _advance(self, event_name: str) -> None:
         new_state = next_state(ACCOUNT_TRANSITIONS, self.state, event_name)
@@ -155,11 +232,17 @@ class AccountMigration(Aggregate):
 
     @event(MigrationStarted)
     def start_migration(
-        self, folders: list[dict[str, Any]], total_messages: int, total_bytes: int, attempt: int
+        self,
+        folders: list[dict[str, Any]],
+        total_messages: int,
+        total_bytes: int,
+        attempt: int,
+        node: str = "",
     ) -> None:
         self._advance("MigrationStarted")
         self.attempts = attempt
         self.last_error = None
+        self.node = node
 
     @event(FolderCopied)
     def copy_folder(
@@ -175,7 +258,10 @@ class AccountMigration(Aggregate):
         target_uidvalidity: int = 0,
         target_uidnext: int = 0,
         last_uidl: str = "",
+        node: str = "",
     ) -> None:
+        if node != self.node:
+            raise LeaseLost(self.login, node, self.node)
         self._advance("FolderCopied")
         previous = self.folders.get(source_folder)
         if previous is not None and previous["uidvalidity"] == uidvalidity:
@@ -220,9 +306,22 @@ class AccountMigration(Aggregate):
         self._advance("PostScriptRan")
 
     @event(FinishSwept)
-    def sweep(self, folders: dict[str, int], messages: int, bytes: int) -> None:
+    def sweep(
+        self,
+        folders: dict[str, int],
+        messages: int,
+        bytes: int,
+        checkpoints: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self._advance("FinishSwept")
         self.swept_messages += messages
+        for source_folder, checkpoint in (checkpoints or {}).items():
+            previous = self.folders.get(source_folder, {})
+            merged = dict(previous, **checkpoint)
+            if previous.get("uidvalidity") == checkpoint.get("uidvalidity"):
+                merged["messages"] = int(previous.get("messages", 0)) + int(checkpoint.get("messages", 0))
+                merged["bytes"] = int(previous.get("bytes", 0)) + int(checkpoint.get("bytes", 0))
+            self.folders[source_folder] = merged
 
     @event(CredentialDestroyed)
     def destroy_credential(self, reason: str) -> None:
@@ -248,6 +347,9 @@ class MigrationRun(Aggregate):
     class FinishRequested(Aggregate.Event):
         by: str
 
+    class FinishClaimed(Aggregate.Event):
+        node: str
+
     class FinishCompleted(Aggregate.Event):
         accounts: int
         messages: int
@@ -260,6 +362,8 @@ class MigrationRun(Aggregate):
     def __init__(self) -> None:
         self.state = "stopped"
         self.settings: dict[str, Any] = {}
+        self.finish_requested_by = ""
+        self.finish_claimed_by = ""
 
     def allows(self, event_name: str) -> bool:
         return next_state(RUN_TRANSITIONS, self.state, event_name) is not None
@@ -286,6 +390,16 @@ class MigrationRun(Aggregate):
     @event(FinishRequested)
     def request_finish(self, by: str) -> None:
         self._advance("FinishRequested")
+        self.finish_requested_by = by
+        self.finish_claimed_by = ""
+
+    @event(FinishClaimed)
+    def claim_finish(self, node: str) -> None:
+        """Take on the finish work; refused when another process already took it on."""
+        if self.state == "finishing" and self.finish_claimed_by:
+            raise IllegalTransition("migration run", f"finishing (claimed by {self.finish_claimed_by})", "FinishClaimed")
+        self._advance("FinishClaimed")
+        self.finish_claimed_by = node
 
     @event(FinishCompleted)
     def complete_finish(self, accounts: int, messages: int) -> None:

@@ -84,6 +84,8 @@ RUN_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     },
     "finishing": {
         "Configured": "finishing",
+        # One process takes the finish work on; the store's concurrency picks it.
+        "FinishClaimed": "finishing",
         "Stopped": "stopped",
         "FinishCompleted": "finished",
     },

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class StoreConfig:
     url: str
     encryption_key_file: Path | None = None
     lock_timeout: float = 10.0
+    # The credential vault's AES key; created with mode 0600 on first use.
+    credential_key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class SourceConfig:
 class TargetConfig:
     host: str = "127.0.0.1"
     port: int = 143
+    pop3_port: int = 0
     tls: str = "disable"
     ca_file: Path | None = None
     verify_certificate: bool = True
@@ -94,6 +98,9 @@ class MigrationConfig:
     exclude_folders: tuple[str, ...] = ()
     max_message_size: int = 0
     domains: dict[str, str] = field(default_factory=dict)
+    # Several nodes on one store: who this node is, and how long its claim on an account lasts unrenewed.
+    node_name: str = ""
+    lease_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,7 @@ class Config:
 _STRING, _INT, _BOOL, _FLOAT, _PATH, _LIST, _ENDPOINTS = "str", "int", "bool", "float", "path", "list", "endpoints"
 
 _SCHEMA: dict[str, dict[str, Any]] = {
-    "store": {"url": _STRING, "encryption_key_file": _PATH, "lock_timeout": _FLOAT},
+    "store": {"url": _STRING, "encryption_key_file": _PATH, "lock_timeout": _FLOAT, "credential_key_file": _PATH},
     "source": {
         "host": _STRING,
         "protocol": ("imap", "pop3", "both"),
@@ -157,6 +164,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "target": {
         "host": _STRING,
         "port": _INT,
+        "pop3_port": _INT,
         "tls": ("detect", "direct", "disable"),
         "ca_file": _PATH,
         "verify_certificate": _BOOL,
@@ -192,6 +200,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "exclude_folders": _LIST,
         "max_message_size": _INT,
         "domains": "table",
+        "node_name": _STRING,
+        "lease_seconds": _FLOAT,
     },
     "admin": {"listen": _ENDPOINTS, "password_file": _PATH, "tls_cert": _PATH, "tls_key": _PATH},
 }
@@ -238,6 +248,7 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
         url=store.get("url") or f"sqlite://{base / 'mailmigrator.sqlite'}",
         encryption_key_file=store.get("encryption_key_file"),
         lock_timeout=store.get("lock_timeout", 10.0),
+        credential_key_file=store.get("credential_key_file") or base / "credentials.key",
     )
 
     source_cfg = None
@@ -289,6 +300,9 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
         raise ConfigError("[migration] max_message_size must be 0 (no limit) or a positive number of bytes")
     if m.get("post_migrate_timeout", 60.0) <= 0:
         raise ConfigError("[migration] post_migrate_timeout must be a positive number of seconds")
+    if m.get("lease_seconds", 120.0) < 5:
+        raise ConfigError("[migration] lease_seconds must be at least 5 (seconds a node's claim on an account lasts)")
+    m["node_name"] = str(m.get("node_name", "")).strip() or default_node_name(proxy_cfg)
     primary = str(m.get("primary_domain", "")).strip().lower()
     m["primary_domain"] = primary
     m["migration_account"] = str(m.get("migration_account", "")).strip().lower()
@@ -306,6 +320,13 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
         migration=migration_cfg,
         admin=admin_cfg,
     )
+
+
+def default_node_name(proxy: ProxyConfig) -> str:
+    """The host name, plus the first proxy listener so that two nodes on one host differ."""
+    listeners = proxy.imap + proxy.imaps + proxy.pop3 + proxy.pop3s
+    host = socket.gethostname()
+    return f"{host}/{listeners[0]}" if listeners else host
 
 
 def _section(name: str, values: dict[str, Any], base: Path) -> dict[str, Any]:

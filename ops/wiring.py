@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from eventsourcing.persistence import PersistenceError
 
+from mailmigrator.adapters.sql_tables import is_creation_race
 from mailmigrator.adapters.store import (
     StoreError,
     check_store,
@@ -17,6 +20,8 @@ from mailmigrator.adapters.store import (
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.ops.config import Config
 from mailmigrator.projections.follower import MigrationViews
+
+CREATE_RACE_RETRIES = 5
 
 
 @dataclass
@@ -42,12 +47,26 @@ def open_store(config: Config, *, create: bool) -> Wired | None:
         return None
     key = read_key_file(config.store.encryption_key_file) if config.store.encryption_key_file else None
     env = store_environment(location, key, config.store.lock_timeout)
-    try:
-        app = MigrationService(env=env)
-        views = MigrationViews(app, log_file=config.migration.log_file)
-    except PersistenceError as e:
-        raise StoreError(f"cannot open {location.describe()}: {_first_line(e)}") from None
-    return Wired(app=app, views=views)
+    for attempt in range(1, CREATE_RACE_RETRIES + 1):
+        app: MigrationService | None = None
+        try:
+            app = MigrationService(env=env)
+            views = MigrationViews(app, log_file=config.migration.log_file)
+        except PersistenceError as e:
+            if app is not None:
+                app.close()
+            # Nodes starting together on an empty PostgreSQL database race to create the
+            # same tables; CREATE ... IF NOT EXISTS is not atomic there. The loser retries.
+            if attempt < CREATE_RACE_RETRIES and _is_creation_race(e):
+                time.sleep(random.uniform(0.1, 0.5))
+                continue
+            raise StoreError(f"cannot open {location.describe()}: {_first_line(e)}") from None
+        return Wired(app=app, views=views)
+    raise AssertionError("unreachable")
+
+
+def _is_creation_race(error: Exception) -> bool:
+    return is_creation_race(error)
 
 
 def _first_line(error: Exception) -> str:

@@ -47,6 +47,8 @@ def new_account_doc(login: str, at: str) -> dict[str, Any]:
         "swept_at": None,
         "credential_destroyed_at": None,
         "passwords_only": False,
+        "node": "",
+        "lease_renewed_at": None,
     }
 
 
@@ -82,6 +84,8 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
         doc["planned_bytes"] = event.total_bytes
         doc["error"] = None
         doc["retryable"] = None
+        doc["node"] = event.node
+        doc["lease_renewed_at"] = at
         for planned in event.folders:
             doc["folders"].setdefault(
                 planned["source"],
@@ -112,6 +116,7 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
         doc["messages"] += event.messages
         doc["bytes"] += event.bytes
         doc["skipped"] += len(event.skipped)
+        doc["lease_renewed_at"] = at
     elif name == "MigrationCompleted":
         doc["state"] = "completed"
         doc["completed_at"] = at
@@ -156,6 +161,23 @@ def apply_to_run(doc: dict[str, Any], event: Any) -> None:
     elif name == "FinishCompleted":
         doc["state"] = "finished"
         doc["finished_at"] = at
+
+
+def expired_leases(
+    docs: list[dict[str, Any]], node: str, now: datetime, lease_seconds: float
+) -> list[str]:
+    """Logins of copying or failed accounts whose lease, held by a node other than `node`, ran out at `now`.
+
+    What a node may take over; the aggregate decides for sure when the claim is recorded.
+    """
+    found = []
+    for doc in docs:
+        renewed = doc.get("lease_renewed_at")
+        if doc["state"] not in ("copying", "failed") or renewed is None or doc.get("node", "") == node:
+            continue
+        if (now - datetime.fromisoformat(renewed)).total_seconds() >= lease_seconds:
+            found.append(doc["login"])
+    return found
 
 
 def iso(timestamp: datetime) -> str:

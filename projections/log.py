@@ -100,6 +100,7 @@ def run_lines(event: Any) -> list[str]:
         "Started": "MIGRATION STARTED",
         "Stopped": "MIGRATION STOPPED: logins pass through to the old server",
         "FinishRequested": "FINISH MIGRATION requested",
+        "FinishClaimed": f"finish work taken on by {getattr(event, 'node', '')}",
     }.get(name, "")
     if name == "FinishCompleted":
         text = f"FINISH MIGRATION completed: {event.accounts:,} accounts swept, {event.messages:,} late messages copied"

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mailmigrator.domain.errors import AccountAlreadyCreated, IllegalTransition
+from mailmigrator.domain.errors import AccountAlreadyCreated, IllegalTransition, LeaseLost
 from mailmigrator.domain.model import AccountMigration, MigrationRun
 from mailmigrator.domain.states import (
     ACCOUNT_STATES,
@@ -36,6 +36,7 @@ RUN_COMMANDS: dict[str, Callable[[MigrationRun], None]] = {
     "Started": lambda r: r.start("test"),
     "Stopped": lambda r: r.stop("test"),
     "FinishRequested": lambda r: r.request_finish("test"),
+    "FinishClaimed": lambda r: r.claim_finish("node-a"),
     "FinishCompleted": lambda r: r.complete_finish(2, 5),
 }
 
@@ -161,3 +162,30 @@ def test_folder_checkpoints_accumulate_and_reset_on_new_uidvalidity() -> None:
 
 def _payload(event: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(event).items() if k not in {"originator_id", "timestamp"}}
+
+
+def test_checkpoint_of_a_node_without_the_lease_is_refused() -> None:
+    account = AccountMigration(login="lease@example.com")
+    for name in ("PasswordVerified", "AccountCreated"):
+        ACCOUNT_COMMANDS[name](account)
+    account.start_migration([{"source": "INBOX"}], 3, 300, 1, "node-a")
+    renewed = account.lease_renewed_at
+    account.collect_events()
+    with pytest.raises(LeaseLost) as info:
+        account.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True, node="node-b")
+    assert info.value.owner == "node-a" and account.collect_events() == []
+    account.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True, node="node-a")
+    assert account.lease_renewed_at is not None and renewed is not None
+    assert account.lease_renewed_at > renewed, "a checkpoint renews the lease"
+
+
+def test_only_one_process_claims_a_requested_finish() -> None:
+    run = run_in("finishing")
+    run.claim_finish("node-a")
+    with pytest.raises(IllegalTransition):
+        run.claim_finish("node-b")
+    assert run.finish_claimed_by == "node-a"
+    run.complete_finish(0, 0)
+    run.request_finish("console")
+    run.claim_finish("node-b")
+    assert run.finish_claimed_by == "node-b"

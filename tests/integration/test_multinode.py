@@ -1,0 +1,121 @@
+"""Several `serve` nodes on one PostgreSQL store against the real Dovecot pair."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+
+from multinode import cli, fleet, wait_for
+from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, write_config  # noqa: F401
+
+from mailmigrator.domain.application import MigrationService
+from mailmigrator.ops.testbed import make_message, seed_bulk
+from mailmigrator.adapters.store import parse_store_url, store_environment
+
+pytestmark = pytest.mark.dovecot
+
+def pg_url(database: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{database}"
+
+
+def service(url: str, tmp_path: Path) -> MigrationService:
+    return MigrationService(env=store_environment(parse_store_url(url, tmp_path)))
+
+
+def test_stop_on_one_node_stops_every_node(pair: Pair, tmp_path: Path, pg_database: str) -> None:
+    ensure_notice_account(pair)
+    base = write_config(tmp_path, pair, tls=False)
+    url = pg_url(pg_database)
+    with fleet(base, url, tmp_path, count=3) as nodes:
+        assert cli(nodes[0].config, "start") == 0
+        for node in nodes:
+            wait_for(lambda: node.run_state() == "started", f"{node.name} to obey start", timeout=10)
+        assert cli(nodes[1].config, "stop") == 0
+        took = [wait_for(lambda: node.run_state() == "stopped", f"{node.name} to obey stop", timeout=10)
+                for node in nodes]
+        assert max(took) < 5, f"stop reached the nodes after {took} s"
+        # Stopped: a login on another node passes through to the old server and migrates nothing.
+        login = "multinode-stopped@example.com"
+        seed_user(pair, login, messages=3)
+        client = nodes[2].imap_login(login, OLD_PASSWORD)
+        status, data = client.select("INBOX", readonly=True)
+        client.logout()
+        assert status == "OK" and int(data[0]) == 3
+        app = service(url, tmp_path)
+        try:
+            account = app.account(login)
+            assert account.state == "seen" and account.node == ""
+        finally:
+            app.close()
+
+
+def test_accounts_logging_in_across_nodes_are_migrated_once_each_by_a_named_node(
+    pair: Pair, tmp_path: Path, pg_database: str
+) -> None:
+    ensure_notice_account(pair)
+    base = write_config(tmp_path, pair, tls=False)
+    url = pg_url(pg_database)
+    logins = [f"spread{n}@example.com" for n in range(100)]
+    pair.old.add_users({login: OLD_PASSWORD for login in logins})
+    for login in logins:
+        seed_bulk(pair.old, login, "INBOX", [make_message(f"{login}-{i}") for i in range(2)])
+    with fleet(base, url, tmp_path, count=3) as nodes:
+        assert cli(nodes[0].config, "start") == 0
+        for node in nodes:
+            wait_for(lambda: node.run_state() == "started", f"{node.name} to obey start", timeout=10)
+
+        def log_in(n: int) -> None:
+            # Every user logs in on two nodes at once: only one may migrate it.
+            for node in (nodes[n % 3], nodes[(n + 1) % 3]):
+                try:
+                    node.imap_login(logins[n], OLD_PASSWORD).logout()
+                except Exception:  # noqa: BLE001 - locked users may be refused; the store is what counts
+                    pass
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(log_in, range(len(logins))))
+        app = service(url, tmp_path)
+        try:
+            wait_for(lambda: all(app.account(login).state == "completed" for login in logins),
+                     "every account to complete", timeout=180)
+            names = {node.name for node in nodes}
+            for login in logins:
+                account = app.account(login)
+                history = [type(e).__name__ for e in app.history(login)]
+                assert history.count("MigrationCompleted") == 1
+                assert account.node in names, f"{login} was migrated by {account.node!r}, not a named node"
+        finally:
+            app.close()
+
+
+def test_a_killed_node_has_its_account_taken_over_after_the_lease(
+    pair: Pair, tmp_path: Path, pg_database: str
+) -> None:
+    from copy_testbed import message_count
+
+    ensure_notice_account(pair)
+    base = write_config(tmp_path, pair, tls=False)
+    url = pg_url(pg_database)
+    login = "takeover@example.com"
+    seed_user(pair, login, messages=400)
+    with fleet(base, url, tmp_path, count=2, lease_seconds=5) as nodes:
+        assert cli(nodes[0].config, "start") == 0
+        for node in nodes:
+            wait_for(lambda: node.run_state() == "started", f"{node.name} to obey start", timeout=10)
+        try:
+            nodes[0].imap_login(login, OLD_PASSWORD).logout()
+        except Exception:  # noqa: BLE001 - the first login may already be locked
+            pass
+        app = service(url, tmp_path)
+        try:
+            wait_for(lambda: app.has_account(login) and app.account(login).state == "copying"
+                     and bool(app.account(login).folders), "the copy to checkpoint", timeout=30)
+            nodes[0].kill()
+            wait_for(lambda: app.account(login).state == "completed", "node-2 to take over and finish", timeout=30)
+            account = app.account(login)
+            assert account.node == "node-2"
+            assert message_count(pair.new, login) == 402  # 400 in INBOX + 2 in Archive/2020, no duplicates
+        finally:
+            app.close()
