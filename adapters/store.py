@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import psycopg
-
 from mailmigrator.domain.errors import DomainError
 
 
@@ -166,6 +164,9 @@ def check_store(location: StoreLocation, *, must_exist: bool, lock_timeout: floa
                 f"store file {path} is not an SQLite database ({e}); restore it from backup"
             ) from None
         return True
+    # Imported here: SQLite users should not pay psycopg's import time on every command.
+    import psycopg
+
     try:
         with psycopg.connect(
             host=location.host,
