@@ -21,7 +21,7 @@ from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
 from mailmigrator.ops.wiring import Wired, open_store
-from mailmigrator.projections.accounts import event_name
+from mailmigrator.projections.accounts import event_name, fleet_progress
 from mailmigrator.projections.log import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -139,6 +139,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         out = {
             "run": {"state": run["state"], "updated_at": run.get("updated_at")},
             "accounts": [_account_json(doc) for doc in accounts],
+            "progress": fleet_progress(accounts),
         }
         print(json.dumps(out, indent=2, sort_keys=True))
         return EXIT_OK
@@ -147,6 +148,11 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         counts[doc["state"]] = counts.get(doc["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no accounts"
     print(f"run: {run['state']}    accounts: {len(accounts)} ({summary})")
+    p = fleet_progress(accounts)
+    if accounts:
+        eta = "-" if p["eta_seconds"] is None else f"{p['eta_seconds'] // 60}m{p['eta_seconds'] % 60:02d}s"
+        print(f"progress: {p['accounts_done']}/{p['accounts_total']} accounts done, {p['messages']:,} messages, "
+              f"{human_bytes(p['bytes'])} copied, {human_bytes(int(p['bytes_per_second']))}/s, ETA {eta}")
     if accounts:
         print(f"{'LOGIN':32} {'STATE':10} {'LOCKED':6} {'FOLDERS':>7} {'MESSAGES':>9} {'SIZE':>10}  {'NODE':20} ERROR")
         for doc in accounts:

@@ -182,3 +182,29 @@ def expired_leases(
 
 def iso(timestamp: datetime) -> str:
     return timestamp.isoformat(timespec="microseconds")
+
+
+def fleet_progress(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole run's progress from the account documents: done/total, copied, average rate, ETA.
+
+    The rate is what was copied since the first copy started, up to the last recorded change: an
+    average over the run, the same on every node and after every replay.
+    """
+    done = sum(doc["state"] in ("completed", "swept") for doc in docs)
+    messages = sum(int(doc["messages"]) for doc in docs)
+    size = sum(int(doc["bytes"]) for doc in docs)
+    planned = sum(max(int(doc.get("planned_bytes", 0)), int(doc["bytes"])) for doc in docs if doc["state"] not in ("completed", "swept"))
+    copied_pending = sum(int(doc["bytes"]) for doc in docs if doc["state"] not in ("completed", "swept"))
+    starts = [doc["started_at"] for doc in docs if doc.get("started_at")]
+    ends = [doc["updated_at"] for doc in docs if doc.get("started_at")]
+    seconds = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() if starts else 0.0
+    rate = size / seconds if seconds > 0 else 0.0
+    left = max(0, planned - copied_pending)
+    return {
+        "accounts_done": done,
+        "accounts_total": len(docs),
+        "messages": messages,
+        "bytes": size,
+        "bytes_per_second": round(rate, 1),
+        "eta_seconds": round(left / rate) if rate > 0 and left else (0 if not left else None),
+    }
