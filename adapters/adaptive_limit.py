@@ -77,11 +77,15 @@ class AdaptiveLimit:
         cooldown: float = 2.0,
         latency_factor: float = 3.0,
         latency_samples: int = 20,
+        adaptive: bool = True,
+        recovery_delay: float = 10.0,
     ) -> None:
         if ceiling < 1:
             raise ValueError(f"connections for {host} must be at least 1, not {ceiling}")
         self.host = host
         self.ceiling = ceiling
+        # False: a fixed cap that only counts, for comparison runs.
+        self.adaptive = adaptive
         self.decrease_factor = decrease_factor
         # One overload burst (all connections failing at once) should count as one decrease.
         self.cooldown = cooldown
@@ -93,6 +97,8 @@ class AdaptiveLimit:
         self.last_sign: str | None = None
         self._successes = 0
         self._last_decrease = -math.inf
+        self._last_increase = -math.inf
+        self.recovery_delay = recovery_delay
         self._backoff_until = -math.inf
         self._baseline: float | None = None
         self._recent: float | None = None
@@ -118,21 +124,29 @@ class AdaptiveLimit:
 
     def succeeded(self, latency: float | None = None) -> None:
         """One operation on the server went well, taking `latency` seconds (when measured)."""
+        if not self.adaptive:
+            return
         if latency is not None and self._latency_rose(latency):
             self._decrease("rising latency")
             return
         if trio.current_time() < self._backoff_until:
             return
         self._successes += 1
-        if self._successes >= self.current and self.current < self.ceiling:
+        now = trio.current_time()
+        # Grow slowly: one step per cooldown, and only once the last overload is a while ago,
+        # so that probing upwards does not run into the server's limit again at once.
+        if (self._successes >= self.current and self.current < self.ceiling
+                and now - self._last_decrease >= self.recovery_delay
+                and now - self._last_increase >= self.cooldown):
             self._set(self.current + 1, "recovered")
+            self._last_increase = now
             self.increases += 1
 
     def failed(self, error: BaseException | str) -> str | None:
         """One operation failed; backs off when the failure is an overload sign, which it returns."""
         sign = overload_sign(error)
-        if sign is None:
-            return None
+        if sign is None or not self.adaptive:
+            return sign
         wait = suggested_backoff(error)
         if wait is not None:
             self._backoff_until = max(self._backoff_until, trio.current_time() + wait)

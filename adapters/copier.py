@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
+from mailmigrator.adapters.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.imap_target import ImapTarget
 from mailmigrator.adapters.mail_connection import LoginPlan, describe_error, is_transient
 from mailmigrator.adapters.message_source import (
@@ -66,6 +67,8 @@ class CopySettings:
     # Several nodes on one store: who copies, and how long its claim on an account lasts unrenewed.
     node: str = ""
     lease_seconds: float = 120.0
+    # Fewer connections when the old server shows overload, more again when it recovers.
+    adaptive_connections: bool = True
     folder_connections: int = 3
     batch_bytes: int = 4 * 1024 * 1024
     batch_messages: int = 250
@@ -253,7 +256,9 @@ class MailboxCopier:
         self.settings = settings or CopySettings()
         self.progress = progress or CopyProgress()
         # One limiter per old server: every open source connection holds a token.
-        self.source_limiter = trio.CapacityLimiter(self.settings.connections_per_source_host)
+        self.source_limit = AdaptiveLimit(source_host or "source", self.settings.connections_per_source_host,
+                                          adaptive=self.settings.adaptive_connections)
+        self.source_limiter = self.source_limit.limiter
         self.source_host = source_host
         # The event store is written from one thread at a time.
         self.store_limiter = trio.CapacityLimiter(1)
@@ -328,11 +333,14 @@ class MailboxCopier:
         for attempt in range(1, s.retries + 1):
             try:
                 async with self.source_limiter:
-                    return await step()
+                    result = await step()
+                self.source_limit.succeeded()
+                return result
             except Exception as e:  # noqa: BLE001 - classified below
                 cause = _first_cause(e)
                 if isinstance(cause, (AccountCopyFailed, LeaseLost, AccountBusy)):
                     raise cause from None
+                self.source_limit.failed(cause)
                 if not is_transient(cause) or attempt == s.retries:
                     raise AccountCopyFailed(
                         f"{what}: {describe_error(cause)}" + (f" (after {attempt} tries)" if attempt > 1 else ""),
@@ -341,6 +349,7 @@ class MailboxCopier:
                 log.warning("transient failure, retrying", login=job.login, step=what, attempt=attempt,
                             error=describe_error(cause))
                 await trio.sleep(min(s.backoff * 2 ** (attempt - 1), s.max_backoff))
+                await self.source_limit.wait_backoff()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _plan(self, job: AccountJob) -> tuple[FolderPlan, dict[str, tuple[int, int]]]:
@@ -425,12 +434,14 @@ class MailboxCopier:
                             if target is None:
                                 target = await trio.to_thread.run_sync(self.open_target, job.target)
                             await self._copy_folder(job, folder, source, target, checkpoints, state)
+                            self.source_limit.succeeded()
                             break
                         except Exception as e:  # noqa: BLE001 - classified below
                             cause = _first_cause(e)
                             if isinstance(cause, LeaseLost):
                                 # Another node took the account over: stop writing, record nothing.
                                 raise cause from None
+                            self.source_limit.failed(cause)
                             if state and state[0].dirty:
                                 await self._record(job, state[0], done=False, checkpoints=checkpoints)
                             await _close(source, target)
@@ -444,6 +455,7 @@ class MailboxCopier:
                             log.warning("transient failure, reconnecting", login=job.login,
                                         folder=folder.source, attempt=attempt, error=describe_error(cause))
                             await trio.sleep(min(s.backoff * 2 ** (attempt - 1), s.max_backoff))
+                            await self.source_limit.wait_backoff()
             finally:
                 with trio.CancelScope(shield=True):
                     await _close(source, target)

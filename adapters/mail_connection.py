@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 
+from mailmigrator.adapters.adaptive_limit import overload_sign
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.imap_responses import is_transient_response
 
@@ -104,6 +105,11 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, ssl.SSLCertVerificationError):
         return False
+    # An overloaded server ("* BYE Maximum number of connections", [UNAVAILABLE], a backoff
+    # request) is asked again later; [LIMIT] is about one message's size, so it is final.
+    sign = overload_sign(error)
+    if sign is not None and sign != "limit":
+        return True
     if isinstance(error, (imaplib.IMAP4.abort, EOFError, socket.timeout, ConnectionError, ssl.SSLError)):
         return True
     if isinstance(error, OSError):

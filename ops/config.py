@@ -95,6 +95,7 @@ class MigrationConfig:
     primary_domain: str = ""
     concurrency: int = 4
     connections_per_source_host: int = 8
+    adaptive_connections: bool = True
     exclude_folders: tuple[str, ...] = ()
     max_message_size: int = 0
     domains: dict[str, str] = field(default_factory=dict)
@@ -197,6 +198,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "primary_domain": _STRING,
         "concurrency": _INT,
         "connections_per_source_host": _INT,
+        "adaptive_connections": _BOOL,
         "exclude_folders": _LIST,
         "max_message_size": _INT,
         "domains": "table",

@@ -102,6 +102,7 @@ def build_copier(
         folder_connections=min(3, m.connections_per_source_host),
         node=m.node_name,
         lease_seconds=m.lease_seconds,
+        adaptive_connections=m.adaptive_connections,
     )
     return MailboxCopier(
         service,

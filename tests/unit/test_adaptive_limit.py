@@ -64,16 +64,23 @@ async def test_overload_halves_once_per_burst_down_to_one(autojump_clock: trio.t
 
 
 async def test_success_grows_by_one_per_window_up_to_the_ceiling(autojump_clock: trio.testing.MockClock) -> None:
-    limit = AdaptiveLimit("old.example", 4)
+    limit = AdaptiveLimit("old.example", 4, cooldown=2.0, recovery_delay=10.0)
     limit.failed(UNAVAILABLE)
     assert limit.current == 2
+    for _ in range(10):
+        limit.succeeded()
+    assert limit.current == 2, "no growth while the overload is recent"
+    await trio.sleep(10)
     limit.succeeded()
-    assert limit.current == 2
-    limit.succeeded()
-    assert limit.current == 3
+    assert limit.current == 3, "the successes meanwhile count once the overload is old enough"
+    for _ in range(10):
+        limit.succeeded()
+    assert limit.current == 3, "at most one step per cooldown"
+    await trio.sleep(2)
     for _ in range(3):
         limit.succeeded()
     assert limit.current == 4
+    await trio.sleep(60)
     for _ in range(20):
         limit.succeeded()
     assert limit.current == 4 and limit.increases == 2
@@ -96,6 +103,7 @@ async def test_suggested_backoff_holds_growth_and_waits(autojump_clock: trio.tes
     started = trio.current_time()
     await limit.wait_backoff()
     assert trio.current_time() - started == pytest.approx(3.0)
+    await trio.sleep(limit.recovery_delay)
     limit.succeeded()
     limit.succeeded()
     assert limit.current == 3
