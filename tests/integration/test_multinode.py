@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,5 +119,10 @@ def test_a_killed_node_has_its_account_taken_over_after_the_lease(
             account = app.account(login)
             assert account.node == "node-2"
             assert message_count(pair.new, login) == 402  # 400 in INBOX + 2 in Archive/2020, no duplicates
+            verified = subprocess.run(
+                [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main; sys.exit(main())",
+                 "--config", str(nodes[1].config), "verify", login, "--password-stdin"],
+                input=OLD_PASSWORD + "\n", capture_output=True, text=True, timeout=120)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
         finally:
             app.close()
