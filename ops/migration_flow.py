@@ -249,9 +249,8 @@ class MigrationFlow:
                 if aliases and self.config.target is not None and self.config.target.alias_map is not None:
                     await trio.to_thread.run_sync(AliasMap(self.config.target.alias_map).add, login, aliases)
                 log.info("account created", login=login, aliases=aliases)
-            if provisioner is not None:
-                # Dovecot sees a changed passwd-file only after this; the copy logs in right after.
-                await trio.sleep(provisioner.settle_seconds)
+            if provisioner is not None and provisioner.settle_seconds > 0:
+                await self._wait_until_visible(login, provisioner.settle_seconds)
         self._creating.pop(login, None)
 
     async def _discover_aliases(self, login: str, credentials: Credentials) -> list[str]:
@@ -291,6 +290,22 @@ class MigrationFlow:
         except DomainError as e:
             log.warning("post-migrate script result not recorded", login=login, error=str(e))
         return outcome
+
+    async def _wait_until_visible(self, login: str, settle_seconds: float) -> None:
+        """Wait until the new server lets the master user into the new account, at most about twice `settle_seconds`.
+
+        Dovecot notices a changed passwd-file within a second; asking is quicker than always sleeping
+        that second, and the copy logs in right after.
+        """
+        deadline = trio.current_time() + 2 * settle_seconds
+        while True:
+            try:
+                await trio.to_thread.run_sync(check_target_account, self.config, login)
+                return
+            except MigrationRefused:
+                if trio.current_time() >= deadline:
+                    return  # the copy's own login reports it, with retries
+                await trio.sleep(0.1)
 
     async def _record_failure(self, login: str, reason: str, retryable: bool) -> None:
         def record() -> None:
