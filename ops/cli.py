@@ -16,6 +16,7 @@ from typing import Any
 
 from eventsourcing.persistence import PersistenceError
 
+from mailmigrator.adapters.node_status import NodeStatusTable, describe_node
 from mailmigrator.adapters.store import StoreError, StoreSettingError, create_key_file
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
@@ -130,16 +131,19 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     if wired is None:
         run: dict[str, Any] = {"state": "stopped"}
         accounts: list[dict[str, Any]] = []
+        nodes: list[dict[str, Any]] = []
         print(f"mailmigrator: no events recorded yet in {config.store.url}", file=sys.stderr)
     else:
         run = wired.views.run_status()
         accounts = wired.views.accounts(args.state)
+        nodes = NodeStatusTable.open(wired.app.factory).nodes()
         wired.close()
     if args.json:
         out = {
             "run": {"state": run["state"], "updated_at": run.get("updated_at")},
             "accounts": [_account_json(doc) for doc in accounts],
             "progress": fleet_progress(accounts),
+            "nodes": nodes,
         }
         print(json.dumps(out, indent=2, sort_keys=True))
         return EXIT_OK
@@ -148,6 +152,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         counts[doc["state"]] = counts.get(doc["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no accounts"
     print(f"run: {run['state']}    accounts: {len(accounts)} ({summary})")
+    for node in nodes:
+        print(describe_node(node))
     p = fleet_progress(accounts)
     if accounts:
         eta = "-" if p["eta_seconds"] is None else f"{p['eta_seconds'] // 60}m{p['eta_seconds'] % 60:02d}s"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 import structlog
 import trio
 
+from mailmigrator.adapters.adaptive_limit import AdaptiveLimit
+from mailmigrator.adapters.node_status import NodeStatusTable
 from mailmigrator.adapters.backend import BackendAddress, ServerBackends
 from mailmigrator.adapters.vault import CredentialVault
 from mailmigrator.adapters.credentials import Credentials
@@ -41,6 +43,7 @@ from mailmigrator.projections.follower import MigrationViews
 log = structlog.get_logger("mailmigrator.serve")
 
 RUN_STATE_POLL = 1.0
+NODE_REPORT_INTERVAL = 5.0
 PROJECTION_POLL = 2.0
 
 
@@ -90,6 +93,7 @@ class Service:
     credentials: CredentialSource = field(default_factory=NoStoredCredentials)
     # The finish work for a Finish pressed elsewhere (console, another node's CLI), once claimed here.
     finish: Callable[[], Awaitable[FinishReport]] | None = None
+    source_limit: AdaptiveLimit | None = None
     _nursery: trio.Nursery | None = None
 
     async def run(
@@ -109,6 +113,7 @@ class Service:
             nursery.start_soon(self._poll_run_state)
             nursery.start_soon(self._follow, views, views_limiter)
             nursery.start_soon(self._take_over_expired, views, views_limiter)
+            nursery.start_soon(self._report_node)
             locked: list[str] = []
             await trio.to_thread.run_sync(views.catch_up, limiter=views_limiter)
             for state in RESUMABLE_STATES:
@@ -148,6 +153,19 @@ class Service:
             log.error("finish failed", error=str(e))
             return
         log.info("finish completed", swept=report.swept, failed=len(report.failed))
+
+    async def _report_node(self) -> None:
+        """Write this node's live figures (adaptive limit, migrations) where `status` can read them."""
+        table = await trio.to_thread.run_sync(NodeStatusTable.open, self.app.factory)
+        while True:
+            doc = {"migrating": len(self.workers.active()),
+                   "source_limit": self.source_limit.snapshot() if self.source_limit is not None else None}
+            try:
+                await trio.to_thread.run_sync(table.report, self.config.migration.node_name, doc,
+                                              datetime.now(timezone.utc))
+            except Exception as e:  # a store hiccup must not stop the service
+                log.warning("cannot report node status", error=str(e))
+            await trio.sleep(NODE_REPORT_INTERVAL)
 
     async def _take_over_expired(self, views: MigrationViews, limiter: trio.CapacityLimiter) -> None:
         """Resume accounts whose node stopped renewing its lease (it died): the claim decides who wins."""
@@ -237,7 +255,7 @@ def build_service(config: Config, app: MigrationService, limits: ProxyLimits | N
     async def finish() -> FinishReport:
         return await finish_migration(config, app, views, flow)
 
-    return Service(config, app, proxy, workers, run_state, credentials, finish)
+    return Service(config, app, proxy, workers, run_state, credentials, finish, flow.copier.source_limit)
 
 
 @dataclass

@@ -50,7 +50,7 @@ def test_start_stop_status_log_and_replay(tmp_path: Path, capsys: pytest.Capture
     assert run_cli(capsys, "--config", cfg, "start")[:2] == (0, "migration started\n")
     assert run_cli(capsys, "--config", cfg, "start")[:2] == (0, "migration was already started\n")
     code, out, _ = run_cli(capsys, "--config", cfg, "status", "--json")
-    assert code == 0 and set(json.loads(out)) == {"run", "accounts", "progress"}
+    assert code == 0 and set(json.loads(out)) == {"run", "accounts", "progress", "nodes"}
     assert json.loads(out)["accounts"] == [] and json.loads(out)["progress"]["accounts_total"] == 0
     assert json.loads(out)["run"]["state"] == "started"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,14 @@ from mailmigrator.ops.testbed import make_message, seed_bulk
 from mailmigrator.adapters.store import parse_store_url, store_environment
 
 pytestmark = pytest.mark.dovecot
+
+def status_json(config: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main; sys.exit(main())",
+         "--config", str(config), "status", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
 
 def pg_url(database: str) -> str:
     return f"postgresql://postgres@127.0.0.1:5432/{database}"
@@ -38,6 +47,11 @@ def test_stop_on_one_node_stops_every_node(pair: Pair, tmp_path: Path, pg_databa
         took = [wait_for(lambda: node.run_state() == "stopped", f"{node.name} to obey stop", timeout=10)
                 for node in nodes]
         assert max(took) < 5, f"stop reached the nodes after {took} s"
+        # Each node reports its live figures, the adaptive old-server limit among them, for `status`.
+        wait_for(lambda: len(status_json(nodes[0].config)["nodes"]) == 3, "every node to report", timeout=15)
+        reports = {n["node"]: n for n in status_json(nodes[0].config)["nodes"]}
+        assert set(reports) == {node.name for node in nodes}
+        assert all(r["source_limit"]["ceiling"] == 8 and 1 <= r["source_limit"]["limit"] <= 8 for r in reports.values())
         # Stopped: a login on another node passes through to the old server and migrates nothing.
         login = "multinode-stopped@example.com"
         seed_user(pair, login, messages=3)
