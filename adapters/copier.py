@@ -309,8 +309,9 @@ class MailboxCopier:
             log.info("account held by another node", login=job.login, detail=str(e))
             return AccountResult(job.login, ok=False, error=str(e), busy=True)
         except AccountCopyFailed as e:
+            reason, retryable = str(e), e.retryable
             await self._store(lambda: self.service.record_failed(
-                job.login, str(e), e.retryable, node=self.settings.node))
+                job.login, reason, retryable, node=self.settings.node))
             self.progress.accounts_failed += 1
             log.warning("account copy failed", login=job.login, reason=str(e), retryable=e.retryable)
             return AccountResult(job.login, ok=False, error=str(e))

@@ -22,7 +22,6 @@ from mailmigrator.adapters.backend import BackendRejected, BackendSession, Backe
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.protocol_errors import (
     ServerError,
-    UserError,
     authentication_failed,
     migration_in_progress,
 )

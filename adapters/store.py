@@ -57,7 +57,7 @@ def parse_store_url(url: str, base_dir: Path) -> StoreLocation:
         dbname = unquote(parts.path.lstrip("/"))
         if not dbname or not parts.hostname:
             raise StoreSettingError(
-                f"[store] url must name host and database, e.g. postgresql://user@host:5432/db"
+                "[store] url must name host and database, e.g. postgresql://user@host:5432/db"
             )
         schema = ""
         for pair in parts.query.split("&") if parts.query else []:

@@ -22,7 +22,7 @@ from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
 from mailmigrator.ops.wiring import Wired, open_store
-from mailmigrator.projections.accounts import event_name, fleet_progress
+from mailmigrator.projections.accounts import event_row, fleet_progress
 from mailmigrator.projections.log import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -215,7 +215,7 @@ def cmd_history(config: Config, args: argparse.Namespace) -> int:
         events = wired.app.history(login)
     finally:
         wired.close()
-    rows = [_event_row(event) for event in events]
+    rows = [event_row(event) for event in events]
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return EXIT_OK
@@ -223,17 +223,6 @@ def cmd_history(config: Config, args: argparse.Namespace) -> int:
         fields = " ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(row["data"].items()))
         print(f"{row['at']}  v{row['version']:<4} {row['event']:20} {fields}")
     return EXIT_OK
-
-
-def _event_row(event: Any) -> dict[str, Any]:
-    skip = {"originator_id", "originator_version", "timestamp", "originator_topic"}
-    data = {k: v for k, v in vars(event).items() if k not in skip}
-    return {
-        "at": event.timestamp.isoformat(),
-        "version": event.originator_version,
-        "event": event_name(event),
-        "data": data,
-    }
 
 
 def cmd_log(config: Config, args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ replaying the same events through the same functions.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -207,4 +208,16 @@ def fleet_progress(docs: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes": size,
         "bytes_per_second": round(rate, 1),
         "eta_seconds": round(left / rate) if rate > 0 and left else (0 if not left else None),
+    }
+
+
+def event_row(event: Any) -> dict[str, Any]:
+    """One event as the auditor reads it: when, which version, what, and its payload."""
+    skip = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+    data = {k: v for k, v in vars(event).items() if k not in skip}
+    return {
+        "at": event.timestamp.isoformat(),
+        "version": event.originator_version,
+        "event": event_name(event),
+        "data": json.loads(json.dumps(data, default=str)),
     }

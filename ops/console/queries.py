@@ -7,7 +7,6 @@ views' tracking position, and recent totals for the copy rate.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 from mailmigrator.domain.states import ACCOUNT_STATES
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.wiring import Wired
-from mailmigrator.projections.accounts import event_name
+from mailmigrator.projections.accounts import event_row
 
 DONE_STATES = ("completed", "swept")
 RATE_WINDOW_SECONDS = 300.0
@@ -213,16 +212,4 @@ def account_row(doc: dict[str, Any]) -> dict[str, Any]:
         "completed_at": doc["completed_at"],
         "error": doc["error"],
         "updated_at": doc["updated_at"],
-    }
-
-
-def event_row(event: Any) -> dict[str, Any]:
-    """One event as the auditor reads it: when, which version, what, and its payload."""
-    skip = {"originator_id", "originator_version", "timestamp", "originator_topic"}
-    data = {k: v for k, v in vars(event).items() if k not in skip}
-    return {
-        "at": event.timestamp.isoformat(),
-        "version": event.originator_version,
-        "event": event_name(event),
-        "data": json.loads(json.dumps(data, default=str)),
     }
