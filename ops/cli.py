@@ -313,18 +313,6 @@ def cmd_admin_password(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _password(args: argparse.Namespace, login: str) -> str:
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        import getpass
-
-        password = getpass.getpass(f"password of {login} on the old server: ")
-    if not password:
-        raise CommandFailed("empty password; give the user's password on the old server")
-    return password
-
-
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     from mailmigrator.ops.manual_migration import cmd_migrate as migrate
 
@@ -340,11 +328,12 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     from mailmigrator.ops.copying import MigrationRefused, verify_one
     from mailmigrator.ops.logs import configure_logging
+    from mailmigrator.ops.manual_migration import read_old_password
 
     configure_logging()
     login = _login(config, args.login)
     source = config.source
-    password = None if (source is not None and source.admin_user and not args.password_stdin) else _password(args, login)
+    password = None if (source is not None and source.admin_user and not args.password_stdin) else read_old_password(args, login)
     target_login = login
     wired = _open(config)
     if wired is not None:

@@ -111,7 +111,8 @@ def result_table(outcomes: Sequence[FlowOutcome]) -> list[str]:
     return lines
 
 
-def _read_password(args: argparse.Namespace, login: str) -> str:
+def read_old_password(args: argparse.Namespace, login: str) -> str:
+    """The user's old-server password: one line of stdin with --password-stdin, else a no-echo prompt."""
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -143,7 +144,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
             print(f"{args.bulk}: {problem} (skipped)", file=sys.stderr)
     else:
         login = normalise_login(args.user, domain)
-        entries = [BulkEntry(0, login, _read_password(args, login))]
+        entries = [BulkEntry(0, login, read_old_password(args, login))]
         typed = args.user
     wired = open_store(config, create=True)
     assert wired is not None
