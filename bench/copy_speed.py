@@ -91,15 +91,16 @@ def measure(command: list[str], stdin: str = "") -> tuple[float, int, int, str]:
     return time.monotonic() - started, peak, process.returncode, output.read_text(errors="replace")
 
 
-def naive_copy(old_port: int, new_port: int, master: str, master_password: str) -> None:
+def naive_copy(old_port: int, new_port: int, master: str, master_password: str,
+               login: str = LOGIN, password: str = PASSWORD) -> None:
     """The baseline: one connection each side, FETCH batches of 100, one APPEND per message."""
     from imapclient import IMAPClient
 
     src = IMAPClient("127.0.0.1", old_port, ssl=False)
-    src.login(LOGIN, PASSWORD)
+    src.login(login, password)
     src.normalise_times = False
     dst = IMAPClient("127.0.0.1", new_port, ssl=False)
-    dst.login(f"{LOGIN}*{master}", master_password)
+    dst.login(f"{login}*{master}", master_password)
     prefix, sep = src.namespace().personal[0]
     for flags, _, name in src.list_folders():
         if b"\\Noselect" in flags:

@@ -17,20 +17,17 @@ concurrency of 8 and says so.
 
 from __future__ import annotations
 
+import argparse
+import secrets
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-# bench/copy_speed.py is not a shadow, but keep bench/ off the path like the other scripts.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
-
-import argparse  # noqa: E402
-import secrets  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from mailmigrator.ops import testbed  # noqa: E402
+from copy_speed import naive_copy  # the same baseline, from the script beside this one
+from mailmigrator.ops import testbed
 
 CONCURRENCY = 8
 CLI = [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -38,35 +35,9 @@ CLI = [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main;
 
 def naive_copy_accounts(old_port: int, new_port: int, master: str, master_password: str,
                         accounts: list[tuple[str, str]]) -> None:
-    """The baseline, per account in turn: one connection each side, FETCH batches of 100, one APPEND each."""
-    from imapclient import IMAPClient
-
+    """The baseline of bench/copy_speed.py, per account in turn."""
     for login, password in accounts:
-        src = IMAPClient("127.0.0.1", old_port, ssl=False)
-        src.login(login, password)
-        src.normalise_times = False
-        dst = IMAPClient("127.0.0.1", new_port, ssl=False)
-        dst.login(f"{login}*{master}", master_password)
-        prefix, sep = src.namespace().personal[0]
-        for flags, _, name in src.list_folders():
-            if b"\\Noselect" in flags:
-                continue
-            target = "INBOX" if name == "INBOX" else name[len(prefix):].replace(sep, "/")
-            if target != "INBOX":
-                try:
-                    dst.create_folder(target)
-                except Exception:  # noqa: BLE001 - already exists
-                    pass
-            src.select_folder(name, readonly=True)
-            uids = src.search("ALL")
-            for start in range(0, len(uids), 100):
-                fetched = src.fetch(uids[start:start + 100], ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
-                for uid in sorted(fetched):
-                    data = fetched[uid]
-                    flags = [f for f in data[b"FLAGS"] if f != b"\\Recent"]
-                    dst.append(target, data[b"BODY[]"], flags=flags, msg_time=data[b"INTERNALDATE"])
-        src.logout()
-        dst.logout()
+        naive_copy(old_port, new_port, master, master_password, login, password)
 
 
 def messages_on(server: testbed.DovecotServer, logins: list[str]) -> int:
