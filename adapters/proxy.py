@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -529,8 +530,36 @@ async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: by
         nursery.start_soon(_pump, backend, client, nursery.cancel_scope)
 
 
+async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketType) -> None:
+    """Copy bytes from one plain TCP socket to another until `source` reaches end of stream."""
+    # Every byte of every proxied mailbox passes here. One reused buffer and one
+    # scheduler pass per chunk cost about a fifth less CPU than receive_some/send_all,
+    # which allocate a new chunk and yield twice per call (bench/proxy.py).
+    buffer = bytearray(RELAY_CHUNK)
+    view = memoryview(buffer)
+    fd_in, fd_out = source.fileno(), sink.fileno()
+    while True:
+        await trio.lowlevel.checkpoint()
+        try:
+            count = os.readv(fd_in, [buffer])
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd_in)
+            continue
+        if not count:
+            return
+        sent = 0
+        while sent < count:
+            try:
+                sent += os.write(fd_out, view[sent:count])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd_out)
+
+
 async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope) -> None:
     try:
+        if isinstance(source, trio.SocketStream) and isinstance(sink, trio.SocketStream):
+            await _socket_pump(source.socket, sink.socket)
+            return
         while True:
             data = await source.receive_some(RELAY_CHUNK)
             if not data:
