@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import math
 import os
 import ssl
 from collections.abc import Callable
@@ -54,6 +55,8 @@ from mailmigrator.adapters.throttle import LoginThrottle
 log = structlog.get_logger("mailmigrator.proxy")
 
 RELAY_CHUNK = 256 * 1024
+RELAY_SMALL_CHUNK = 16 * 1024
+RELAY_QUIET_SECONDS = 1.0
 # Commands a user may send in the migration account: nothing that changes it.
 NOTICE_IMAP_COMMANDS = frozenset({
     "CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "LIST", "LSUB", "STATUS", "FETCH",
@@ -532,27 +535,35 @@ async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: by
 
 async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketType) -> None:
     """Copy bytes from one plain TCP socket to another until `source` reaches end of stream."""
-    # Every byte of every proxied mailbox passes here. One reused buffer and one
-    # scheduler pass per chunk cost about a fifth less CPU than receive_some/send_all,
-    # which allocate a new chunk and yield twice per call (bench/proxy.py).
-    buffer = bytearray(RELAY_CHUNK)
-    view = memoryview(buffer)
+    # Every byte of every proxied mailbox passes here. A reused buffer and one
+    # scheduler pass per chunk cost less CPU than receive_some/send_all, which
+    # allocate per chunk and yield twice per call (bench/relay.py). Commands and
+    # short replies fit the small buffer; a full read switches to RELAY_CHUNK,
+    # which is given back once the stream has been quiet for RELAY_QUIET_SECONDS,
+    # so thousands of idle or chatty relayed connections hold little memory.
+    buffer = bytearray(RELAY_SMALL_CHUNK)
     fd_in, fd_out = source.fileno(), sink.fileno()
     while True:
         await trio.lowlevel.checkpoint()
         try:
             count = os.readv(fd_in, [buffer])
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd_in)
+            with trio.move_on_after(RELAY_QUIET_SECONDS if len(buffer) > RELAY_SMALL_CHUNK else math.inf) as quiet:
+                await trio.lowlevel.wait_readable(fd_in)
+            if quiet.cancelled_caught:
+                buffer = bytearray(RELAY_SMALL_CHUNK)
             continue
         if not count:
             return
+        view = memoryview(buffer)
         sent = 0
         while sent < count:
             try:
                 sent += os.write(fd_out, view[sent:count])
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(fd_out)
+        if count == len(buffer) < RELAY_CHUNK:
+            buffer = bytearray(RELAY_CHUNK)
 
 
 async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -76,3 +76,30 @@ async def test_stream_relay_for_tls_like_streams_delivers_the_same_bytes():
     to_user, to_backend = await exchange(memory_pair)
     assert to_backend == b"a FETCH 1:* BODY.PEEK[]\r\n"
     assert to_user.endswith(PAYLOAD) and len(to_user) == len(PAYLOAD) + 39
+
+
+async def test_tcp_relay_keeps_relaying_after_a_quiet_spell_gives_the_large_buffer_back(monkeypatch):
+    monkeypatch.setattr("mailmigrator.adapters.proxy.RELAY_QUIET_SECONDS", 0.05)
+    user, user_side = await tcp_pair()
+    backend_side, backend = await tcp_pair()
+    replies = [PAYLOAD[:1_000_000], b"* OK still here\r\n", PAYLOAD[1_000_000:]]
+    received: list[bytes] = []
+
+    async def backend_peer() -> None:
+        for reply in replies:
+            await backend.send_all(reply)
+            await trio.sleep(0.2)  # longer than the quiet spell: the next reply starts small again
+        await backend.aclose()
+
+    async def proxy() -> None:
+        try:
+            await relay(user_side, BackendSession(stream=backend_side))
+        finally:
+            await user_side.aclose()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy)
+            nursery.start_soon(backend_peer)
+            received.append(await receive_all(user))
+    assert received[0] == b"".join(replies)
