@@ -13,28 +13,24 @@ The proxy runs as its own `mailmigrator serve` process, as in production.
 
 from __future__ import annotations
 
+import argparse
+import imaplib
+import socket
+import subprocess
 import sys
-
-# bench/copy.py would shadow the standard library's copy module for a script run from bench/.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
-
-import argparse  # noqa: E402
-import imaplib  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 from proxy_fixtures import OLD_PASSWORD, start_pair, write_config  # noqa: E402
 
 from mailmigrator.ops.testbed import make_message, seed_bulk  # noqa: E402
+from proxy import free_port, wait_port  # noqa: E402  (the script beside this one)
 
 USERS = 20  # active connections are spread over these (Dovecot allows 100 per user and IP)
 LOGIN_SAMPLES = 100
@@ -158,23 +154,6 @@ def run_load(port: int, users: list[str], idle: int, active: int, seconds: float
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"proxy did not listen on {port}")
 
 
 def main() -> None:

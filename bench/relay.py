@@ -21,7 +21,7 @@ from mailmigrator.adapters.backend import BackendSession
 from mailmigrator.adapters.proxy import relay
 
 TOTAL = int(os.environ.get("TOTAL_MB", "1024")) * 1024 * 1024
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ROUNDS = int(os.environ.get("ROUNDS", "7"))
 
 
 def produce(port: int) -> None:
