@@ -109,14 +109,17 @@ def test_accounts_logging_in_across_nodes_are_migrated_once_each_by_a_named_node
 def test_a_killed_node_has_its_account_taken_over_after_the_lease(
     pair: Pair, tmp_path: Path, pg_database: str
 ) -> None:
-    from copy_testbed import message_count
+    from copy_testbed import FaultyRelay, message_count
 
     ensure_notice_account(pair)
     base = write_config(tmp_path, pair, tls=False)
     url = pg_url(pg_database)
     login = "takeover@example.com"
     seed_user(pair, login, messages=400)
-    with fleet(base, url, tmp_path, count=2, lease_seconds=5) as nodes:
+    # The old server behind a slow link: the copy takes seconds, so the kill lands inside it.
+    slow = FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=50_000)
+    base.write_text(base.read_text().replace(f"imap_port = {pair.old.imap_port}\n", f"imap_port = {slow.port}\n", 1))
+    with slow, fleet(base, url, tmp_path, count=2, lease_seconds=5) as nodes:
         assert cli(nodes[0].config, "start") == 0
         for node in nodes:
             wait_for(lambda: node.run_state() == "started", f"{node.name} to obey start", timeout=10)
@@ -129,6 +132,7 @@ def test_a_killed_node_has_its_account_taken_over_after_the_lease(
             wait_for(lambda: app.has_account(login) and app.account(login).state == "copying"
                      and bool(app.account(login).folders), "the copy to checkpoint", timeout=30)
             nodes[0].kill()
+            assert app.account(login).state == "copying", "node-1 finished before it was killed"
             wait_for(lambda: app.account(login).state == "completed", "node-2 to take over and finish", timeout=30)
             account = app.account(login)
             assert account.node == "node-2"
