@@ -19,6 +19,7 @@ from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.ops.testbed import make_message, seed_bulk
+from copy_testbed import message_count
 from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, with_free_ports, write_config
 
 pytestmark = pytest.mark.dovecot
@@ -127,7 +128,23 @@ async def test_migrated_pop3_user_is_served_by_the_new_server(pair: Pair, tmp_pa
             client.quit()
             return count
 
-        await trio.to_thread.run_sync(pop3_count)  # the first login starts the migration
+        def on_notice() -> tuple[int, str]:
+            client = poplib.POP3("127.0.0.1", port, timeout=20)
+            client.user("pete")
+            client.pass_(OLD_PASSWORD)  # the first login starts the migration and lands on the notice
+            count = client.stat()[0]
+            try:
+                refused = client.dele(1).decode()
+            except poplib.error_proto as e:
+                refused = e.args[0].decode()
+            client.quit()
+            return count, refused
+
+        notices = message_count(pair.new, "notice@example.com")
+        notice_count, dele_reply = await trio.to_thread.run_sync(on_notice)
+        assert notice_count == notices >= 1
+        assert dele_reply == "-ERR [SYS/PERM] Migration in progress: this mailbox is read-only."
+        assert message_count(pair.new, "notice@example.com") == notices
         assert await running.wait_state("pete@example.com", "completed") == "completed"
         # Mail that only the new server has proves where the POP3 session lands.
         seed_bulk(pair.new, "pete@example.com", "INBOX", [make_message("only-on-new")])
@@ -186,7 +203,6 @@ async def test_locked_user_without_notice_account_is_refused_over_pop3(pair: Pai
 
         assert await trio.to_thread.run_sync(pop) == "-ERR [IN-USE] Migration in progress, try again later"
         assert await running.wait_state("carol@example.com", "completed") == "completed"
-        result = await trio.to_thread.run_sync(curl, f"imap://127.0.0.1:{port - 0}/INBOX", "x", "y", "--head")
         nursery.cancel_scope.cancel()
 
 
