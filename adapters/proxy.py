@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -582,6 +582,10 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.Canc
         scope.cancel()
 
 
+NoticeReply = tuple[bytes, bytes, bool]
+"""What one piece of client input becomes: bytes for the backend, bytes for the client, and whether to hang up."""
+
+
 async def relay_read_only_imap(
     client: trio.abc.Stream, session: BackendSession, leftover: bytes, reader: ImapCommandReader
 ) -> None:
@@ -591,38 +595,18 @@ async def relay_read_only_imap(
     not set); anything else that could change the mailbox is answered NO by the
     backend itself, through a harmless probe under the same tag.
     """
-    backend = session.stream
-    client_lock = trio.Lock()
-    if session.pending:
-        await client.send_all(session.pending)
+    commands = ImapCommandReader(max_line=reader.max_line, max_literal=reader.max_literal)
 
-    async def to_backend(scope: trio.CancelScope) -> None:
-        command_reader = ImapCommandReader(max_line=reader.max_line, max_literal=reader.max_literal)
-        try:
-            data = leftover
-            while True:
-                for event in command_reader.feed(data):
-                    if isinstance(event, ContinuationNeeded):
-                        async with client_lock:
-                            await client.send_all(b"+ Ready for literal data\r\n")
-                    elif isinstance(event, InputRefused):
-                        async with client_lock:
-                            await client.send_all(imap_reply(event.tag, event.error))
-                        if event.error.fatal:
-                            return
-                    else:
-                        await backend.send_all(_read_only_command(event))
-                data = await client.receive_some(RELAY_CHUNK)
-                if not data:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-            return
-        finally:
-            scope.cancel()
+    def screen(data: bytes) -> Iterator[NoticeReply]:
+        for event in commands.feed(data):
+            if isinstance(event, ContinuationNeeded):
+                yield b"", b"+ Ready for literal data\r\n", False
+            elif isinstance(event, InputRefused):
+                yield b"", imap_reply(event.tag, event.error), event.error.fatal
+            else:
+                yield _read_only_command(event), b"", False
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(to_backend, nursery.cancel_scope)
-        nursery.start_soon(_backend_to_client, backend, client, client_lock, nursery.cancel_scope)
+    await _relay_screened(client, session, leftover, screen)
 
 
 def _read_only_command(framed: Framed) -> bytes:
@@ -644,24 +628,41 @@ def _read_only_command(framed: Framed) -> bytes:
 
 async def relay_read_only_pop3(client: trio.abc.Stream, session: BackendSession, leftover: bytes) -> None:
     """Relay to the migration account over POP3; DELE and other changes are refused."""
+    lines = Pop3LineReader()
+
+    def screen(data: bytes) -> Iterator[NoticeReply]:
+        for line in lines.feed(data):
+            name = line.split(b" ", 1)[0].upper().decode("ascii", "replace") if isinstance(line, bytes) else ""
+            if isinstance(line, bytes) and name in NOTICE_POP3_COMMANDS:
+                yield line + b"\r\n", b"", False
+            else:
+                yield b"", b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n", False
+
+    await _relay_screened(client, session, leftover, screen)
+
+
+async def _relay_screened(
+    client: trio.abc.Stream, session: BackendSession, leftover: bytes,
+    screen: Callable[[bytes], Iterable[NoticeReply]],
+) -> None:
+    """Relay both ways, passing what the client sends through `screen` first."""
     backend = session.stream
     client_lock = trio.Lock()
     if session.pending:
         await client.send_all(session.pending)
 
     async def to_backend(scope: trio.CancelScope) -> None:
-        lines = Pop3LineReader()
         try:
             data = leftover
             while True:
-                for line in lines.feed(data):
-                    if isinstance(line, bytes):
-                        name = line.split(b" ", 1)[0].upper().decode("ascii", "replace")
-                        if name in NOTICE_POP3_COMMANDS:
-                            await backend.send_all(line + b"\r\n")
-                            continue
-                    async with client_lock:
-                        await client.send_all(b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n")
+                for to_backend, to_client, hang_up in screen(data):
+                    if to_backend:
+                        await backend.send_all(to_backend)
+                    if to_client:
+                        async with client_lock:
+                            await client.send_all(to_client)
+                    if hang_up:
+                        return
                 data = await client.receive_some(RELAY_CHUNK)
                 if not data:
                     return
