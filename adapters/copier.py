@@ -14,6 +14,11 @@ Exactly once rests on three rules:
 
 Matching is by multiset: two identical messages on the source need two on the target.
 
+With several nodes, a checkpoint also renews the node's lease on the account.
+Before appending, a node whose last renewal is older than half the lease
+records a checkpoint first: that renews the lease, or is refused (`LeaseLost`)
+when another node has taken the account over, before anything is written.
+
 Choices where the issue left room: messages flagged ``\\Deleted`` but not
 expunged are copied with the flag (the user has not removed them yet, and the
 new server expunges them as the old one would have); ``\\Recent`` is never
@@ -262,6 +267,8 @@ class MailboxCopier:
         self.source_host = source_host
         # The event store is written from one thread at a time.
         self.store_limiter = trio.CapacityLimiter(1)
+        # Per account being copied: this node's monotonic clock just before its last lease event was saved.
+        self.lease_renewed: dict[str, float] = {}
 
     async def _store(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self.store_limiter)
@@ -282,6 +289,12 @@ class MailboxCopier:
 
     async def copy_account(self, job: AccountJob) -> AccountResult:
         """Plan, record the start, copy every folder, and record completion or failure."""
+        try:
+            return await self._copy_account(job)
+        finally:
+            self.lease_renewed.pop(job.login, None)
+
+    async def _copy_account(self, job: AccountJob) -> AccountResult:
         started = time.monotonic()
         try:
             account = await self._store(lambda: self.service.account(job.login))
@@ -294,9 +307,11 @@ class MailboxCopier:
                  "bytes": counts.get(f.source, (0, 0))[1]}
                 for f in plan.folders
             ]
+            renewing = time.monotonic()
             await self._store(lambda: self.service.record_migration_started(
                 job.login, planned, total_messages, total_bytes,
                 node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
+            self.lease_renewed[job.login] = renewing
             self.progress.total_messages += total_messages
             self.progress.total_bytes += total_bytes
             for f in plan.folders:
@@ -461,11 +476,17 @@ class MailboxCopier:
                 with trio.CancelScope(shield=True):
                     await _close(source, target)
 
+    def _lease_half_gone(self, login: str) -> bool:
+        renewed = self.lease_renewed.get(login)
+        return renewed is None or time.monotonic() - renewed > self.settings.lease_seconds / 2
+
     async def _record(
         self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, dict[str, Any]]
     ) -> None:
         checkpoint = state.checkpoint(done)
+        renewing = time.monotonic()
         await self._store(lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
+        self.lease_renewed[job.login] = max(renewing, self.lease_renewed.get(job.login, renewing))
         previous = checkpoints.get(state.folder.source)
         merged = dict(checkpoint)
         if previous is not None and previous.get("uidvalidity") == state.uidvalidity:
@@ -541,6 +562,10 @@ class MailboxCopier:
                 async for batch in receive:
                     outcome = None
                     if batch.append:
+                        if self._lease_half_gone(job.login):
+                            # A slow fetch or a retry's backoff outlasted half the lease: renew it
+                            # (or learn it was taken over) before writing to the new server.
+                            await self._record(job, state, done=False, checkpoints=checkpoints)
                         outcome = await trio.to_thread.run_sync(target.append, folder.target, batch.append)
                     state.highest_uid = batch.last.uid
                     state.last_uidl = batch.last.uidl
