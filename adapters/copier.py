@@ -307,11 +307,9 @@ class MailboxCopier:
                  "bytes": counts.get(f.source, (0, 0))[1]}
                 for f in plan.folders
             ]
-            renewing = time.monotonic()
-            await self._store(lambda: self.service.record_migration_started(
+            await self._renew_lease(job.login, lambda: self.service.record_migration_started(
                 job.login, planned, total_messages, total_bytes,
                 node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
-            self.lease_renewed[job.login] = renewing
             self.progress.total_messages += total_messages
             self.progress.total_bytes += total_bytes
             for f in plan.folders:
@@ -476,6 +474,12 @@ class MailboxCopier:
                 with trio.CancelScope(shield=True):
                     await _close(source, target)
 
+    async def _renew_lease(self, login: str, save: Callable[[], None]) -> None:
+        """Save a lease event of this node; its lease now runs from no later than just before the save."""
+        before = time.monotonic()
+        await self._store(save)
+        self.lease_renewed[login] = max(before, self.lease_renewed.get(login, before))
+
     def _lease_half_gone(self, login: str) -> bool:
         renewed = self.lease_renewed.get(login)
         return renewed is None or time.monotonic() - renewed > self.settings.lease_seconds / 2
@@ -484,9 +488,8 @@ class MailboxCopier:
         self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, dict[str, Any]]
     ) -> None:
         checkpoint = state.checkpoint(done)
-        renewing = time.monotonic()
-        await self._store(lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
-        self.lease_renewed[job.login] = max(renewing, self.lease_renewed.get(job.login, renewing))
+        await self._renew_lease(
+            job.login, lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
         previous = checkpoints.get(state.folder.source)
         merged = dict(checkpoint)
         if previous is not None and previous.get("uidvalidity") == state.uidvalidity:
