@@ -18,6 +18,7 @@ import trio
 
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.imap_protocol import quote
+from mailmigrator.domain.errors import ExplainedError
 
 CONNECT_TIMEOUT = 10.0
 RESPONSE_TIMEOUT = 30.0
@@ -29,7 +30,7 @@ _TEMPORARY_POP3_CODES = {"SYS/TEMP", "IN-USE", "LOGIN-DELAY"}
 _CODE = re.compile(r"\[([A-Z0-9/_-]+)(?: ([^\]]*))?\]")
 
 
-class BackendError(Exception):
+class BackendError(ExplainedError):
     """A backend login did not succeed."""
 
 

@@ -49,7 +49,7 @@ from mailmigrator.adapters.message_source import (
     SourceMessage,
 )
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.domain.errors import AccountBusy, LeaseLost
+from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
 
@@ -132,7 +132,7 @@ class CopyProgress:
         )
 
 
-class AccountCopyFailed(Exception):
+class AccountCopyFailed(ExplainedError):
     """Copying one account gave up; the message is the reason recorded."""
 
     def __init__(self, reason: str, retryable: bool) -> None:

@@ -9,6 +9,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from mailmigrator.adapters.imap_responses import is_transient_response, one_line
+from mailmigrator.adapters.credentials import UnsendableCredentials, credential_bytes, sasl_plain
 from mailmigrator.adapters.mail_connection import (
     SOCKET_TIMEOUT,
     LoginPlan,
@@ -16,6 +17,7 @@ from mailmigrator.adapters.mail_connection import (
     MailConnectionError,
     ServerAddress,
     TransientFailure,
+    login_failure,
     tls_context,
 )
 from mailmigrator.domain.folders import ListedFolder, Namespace
@@ -45,24 +47,43 @@ def open_imap(address: ServerAddress, plan: LoginPlan) -> IMAPClient:
 
 
 def _login(client: IMAPClient, plan: LoginPlan) -> None:
-    secret = plan.credentials
+    """The one IMAP login: AUTHENTICATE PLAIN when offered, else LOGIN; names and password as UTF-8.
+
+    PLAIN (RFC 4616) carries UTF-8 by definition and is the only way to send an
+    authorization identity; LOGIN sends each string quoted, or as a literal when it
+    holds 8-bit bytes (RFC 3501 section 4.3; imaplib's own LOGIN would encode ASCII).
+    A failure names who logged in and the reply's code, never the reply itself.
+    """
+    authcid, authzid = plan.identities()
+    password = plan.credentials.password
     try:
-        if plan.admin_login == "sasl":
-            client.plain_login(secret.login, secret.password, authorization_identity=plan.user)
-        elif plan.admin_login == "dovecot-master":
-            client.login(f"{plan.user}*{secret.login}", secret.password)
-        elif client.has_capability("LOGINDISABLED") and client.has_capability("AUTH=PLAIN"):
-            client.plain_login(secret.login, secret.password)
+        if client.has_capability("AUTH=PLAIN"):
+            message = sasl_plain(authcid, password, authzid)
+            client.sasl_login("PLAIN", lambda _challenge: message)
+        elif authzid or client.has_capability("LOGINDISABLED"):
+            raise LoginRefused(f"login {plan.describe()}: the server offers no AUTHENTICATE PLAIN")
         else:
-            client.login(secret.login, secret.password)
-    except LoginError as e:
-        if is_transient_response(str(e)):
-            raise TransientFailure(f"login {plan.describe()}: {one_line(e)}") from None
-        raise LoginRefused(f"login {plan.describe()} refused: {one_line(e)}") from None
+            _send_login(client, credential_bytes(authcid), credential_bytes(password))
+    except UnsendableCredentials as e:
+        raise LoginRefused(f"login {plan.describe()}: {e}") from None
     except IMAPClientAbortError:
-        raise
+        raise  # the connection broke (or BYE): retried, and its text feeds the overload limiter
     except IMAPClientError as e:
-        raise LoginRefused(f"login {plan.describe()} refused: {one_line(e)}") from None
+        raise login_failure(plan, str(e), transient=is_transient_response(str(e))) from None
+
+
+def _send_login(client: IMAPClient, login: bytes, password: bytes) -> None:
+    # imapclient's command writer sends 8-bit arguments as literals (waiting for "+" unless LITERAL+).
+    status, data = client._raw_command(b"LOGIN", [_login_string(login), _login_string(password)], uid=False)
+    if status != "OK":
+        raise LoginError(one_line(b" ".join(d for d in data if isinstance(d, bytes))))
+
+
+def _login_string(data: bytes) -> bytes:
+    """A quoted string for 7-bit `data`; 8-bit data is left for the caller's literal."""
+    if any(b >= 0x80 for b in data):
+        return data
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def close_imap(client: IMAPClient | None) -> None:

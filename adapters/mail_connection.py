@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import imaplib
 import poplib
+import re
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from imapclient.exceptions import IMAPClientError
 
 from mailmigrator.adapters.adaptive_limit import overload_sign
 from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.imap_responses import is_transient_response
+from mailmigrator.adapters.imap_responses import is_transient_response, one_line
+from mailmigrator.domain.errors import ExplainedError
 
 log = structlog.get_logger("mailmigrator.connection")
 
@@ -21,7 +24,7 @@ log = structlog.get_logger("mailmigrator.connection")
 SOCKET_TIMEOUT = 120.0
 
 
-class MailConnectionError(Exception):
+class MailConnectionError(ExplainedError):
     """A connection or login to a mail server failed; the message is one line without secrets."""
 
 
@@ -60,12 +63,33 @@ class LoginPlan:
     credentials: Credentials
     admin_login: str = ""
 
+    def identities(self) -> tuple[str, str]:
+        """(authentication identity, authorization identity) as RFC 4616 names them; "" for no authzid."""
+        if self.admin_login == "sasl":
+            return self.credentials.login, self.user
+        if self.admin_login == "dovecot-master":
+            return f"{self.user}*{self.credentials.login}", ""
+        return self.credentials.login, ""
+
     def describe(self) -> str:
         if self.admin_login == "sasl":
             return f"{self.user} (as {self.credentials.login}, SASL)"
         if self.admin_login:
             return f"{self.user} (as master {self.credentials.login})"
         return self.user
+
+
+# A reply's response code (RFC 5530 for IMAP, RFC 2449/3206 for POP3), the only part of a login reply kept.
+_REPLY_CODE = re.compile(r"\[([A-Za-z0-9/._-]{1,40})[\] ]")
+
+
+def login_failure(plan: LoginPlan, reply: str, *, transient: bool) -> MailConnectionError:
+    """A failed login named by who logged in and the reply's code only: a server's text may echo what was sent."""
+    match = _REPLY_CODE.search(reply)
+    code = f" [{match.group(1).upper()}]" if match else ""
+    if transient:
+        return TransientFailure(f"login {plan.describe()}: the server cannot log in now{code}")
+    return LoginRefused(f"login {plan.describe()} refused{code}")
 
 
 def tls_context(address: ServerAddress) -> ssl.SSLContext:
@@ -123,12 +147,31 @@ def is_transient(error: BaseException) -> bool:
 
 
 def describe_error(error: BaseException) -> str:
-    """One line naming what went wrong, for events and the terminal."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"certificate rejected: {error.verify_message or error.reason}; set ca_file to the server's CA"
-    if isinstance(error, socket.timeout):
-        return "timed out waiting for the server"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    """One line naming what went wrong, for events, logs and the terminal: the one place that turns errors into text.
+
+    Only messages this program wrote (`ExplainedError`) and server replies to commands other
+    than a login are quoted; every other error gets a fixed description, because its text may
+    be built from what was sent, credentials included (a UnicodeEncodeError names the character).
+    """
+    if isinstance(error, ExplainedError):
+        text = str(error)
+    elif isinstance(error, ssl.SSLCertVerificationError):
+        text = f"certificate rejected: {error.verify_message or error.reason}; set ca_file to the server's CA"
+    elif isinstance(error, socket.timeout):
+        text = "timed out waiting for the server"
+    elif isinstance(error, ConnectionRefusedError):
+        text = "connection refused"
+    elif isinstance(error, ssl.SSLError):
+        text = f"TLS failed: {error.reason or type(error).__name__}"
+    elif isinstance(error, OSError):
+        text = f"connection failed: {error.strerror or type(error).__name__}"
+    elif isinstance(error, EOFError):
+        text = "the server closed the connection"
+    elif isinstance(error, UnicodeError):
+        text = "text could not be encoded for the server"
+    elif isinstance(error, (imaplib.IMAP4.error, poplib.error_proto, IMAPClientError)):
+        # Logins never let these out (see `login_failure`): these are replies to mail commands.
+        text = str(error)
+    else:
+        text = f"unexpected error ({type(error).__name__})"
+    return one_line(text or type(error).__name__, 300)

@@ -19,7 +19,8 @@ import trio
 
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.login_routing import StoreCalls
-from mailmigrator.domain.errors import DomainError
+from mailmigrator.adapters.mail_connection import describe_error
+from mailmigrator.domain.errors import DomainError, ExplainedError
 
 log = structlog.get_logger("mailmigrator.workers")
 
@@ -41,7 +42,7 @@ class NoStoredCredentials:
         return None
 
 
-class RetryableFailure(Exception):
+class RetryableFailure(ExplainedError):
     """A failure worth trying again later (the copy engine may raise its own kinds)."""
 
 
@@ -102,7 +103,7 @@ class MigrationWorkers:
                     return
                 except Exception as e:  # one account's failure must not end the service
                     retryable = self.is_retryable(e)
-                    reason = f"{type(e).__name__}: {e}"
+                    reason = describe_error(e)
                     log.warning("migration failed", login=login, attempt=attempt, error=reason, retryable=retryable)
                     await self._record_failure(login, reason, retryable)
                     if not retryable:

@@ -12,12 +12,13 @@ import contextlib
 import poplib
 from collections.abc import Sequence
 
+from mailmigrator.adapters.credentials import UnsendableCredentials, credential_bytes, sasl_plain
 from mailmigrator.adapters.mail_connection import (
     SOCKET_TIMEOUT,
     LoginPlan,
     LoginRefused,
     ServerAddress,
-    TransientFailure,
+    login_failure,
     tls_context,
 )
 from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, SourceMessage
@@ -75,23 +76,27 @@ class Pop3Source:
             return {}
 
     def _login(self, plan: LoginPlan) -> None:
-        secret = plan.credentials
+        """The one POP3 login: AUTH PLAIN for an authorization identity, else USER/PASS; all UTF-8.
+
+        poplib writes commands as UTF-8; the names and password are checked for NUL, CR and LF
+        first, so none can end a command early. A failure names who logged in and the reply's
+        code, never the reply.
+        """
+        authcid, authzid = plan.identities()
+        password = plan.credentials.password
         try:
-            if plan.admin_login == "sasl":
+            if authzid:
                 # RFC 5034 AUTH with an initial response; RFC 4616 PLAIN with authorization identity.
-                token = base64.b64encode(f"{plan.user}\0{secret.login}\0{secret.password}".encode()).decode()
+                token = base64.b64encode(sasl_plain(authcid, password, authzid)).decode("ascii")
                 getattr(self.pop, "_shortcmd")(f"AUTH PLAIN {token}")  # poplib has no AUTH command
-            elif plan.admin_login == "dovecot-master":
-                self.pop.user(f"{plan.user}*{secret.login}")
-                self.pop.pass_(secret.password)
             else:
-                self.pop.user(secret.login)
-                self.pop.pass_(secret.password)
+                self.pop.user(credential_bytes(authcid).decode("utf-8"))
+                self.pop.pass_(credential_bytes(password).decode("utf-8"))
+        except UnsendableCredentials as e:
+            raise LoginRefused(f"POP3 login {plan.describe()}: {e}") from None
         except poplib.error_proto as e:
             text = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-            if "[IN-USE]" in text or "[SYS/TEMP]" in text:
-                raise TransientFailure(f"POP3 login {plan.describe()}: {text}") from None
-            raise LoginRefused(f"POP3 login {plan.describe()} refused: {text}") from None
+            raise login_failure(plan, text, transient="[IN-USE]" in text or "[SYS/TEMP]" in text) from None
 
     def namespace(self) -> Namespace:
         return Namespace("", "")

@@ -20,9 +20,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mailmigrator.adapters.sql_tables import SqlTables, create_tables_racing, rowcount
+from mailmigrator.domain.errors import ExplainedError
 
 
-class VaultError(Exception):
+class VaultError(ExplainedError):
     """The vault's key cannot be used, or a stored credential does not decrypt."""
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 
-class DomainError(Exception):
+class ExplainedError(Exception):
+    """An error whose message this program wrote for a person; it never holds a secret.
+
+    Only such messages (and fixed descriptions of everything else) become failure reasons.
+    """
+
+
+class DomainError(ExplainedError):
     """Base of every error the domain raises on purpose."""
 
 

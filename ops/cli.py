@@ -17,6 +17,7 @@ from typing import Any
 from eventsourcing.persistence import PersistenceError
 
 from mailmigrator.adapters.node_status import NodeStatusTable, describe_node
+from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.adapters.store import StoreError, StoreSettingError, create_key_file
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
@@ -28,7 +29,7 @@ from mailmigrator.projections.log import human_bytes
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class CommandFailed(Exception):
+class CommandFailed(ExplainedError):
     """The operation failed; the message is the one line to print."""
 
 

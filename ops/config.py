@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmigrator.domain.errors import ExplainedError
 
-class ConfigError(Exception):
+
+class ConfigError(ExplainedError):
     """The configuration cannot be used; the message names the key."""
 
 

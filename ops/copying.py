@@ -23,10 +23,11 @@ from mailmigrator.adapters.message_source import MessageSource
 from mailmigrator.adapters.pop3_source import Pop3Source
 from mailmigrator.adapters.verifier import MailboxComparison
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 
 
-class MigrationRefused(Exception):
+class MigrationRefused(ExplainedError):
     """A manual migration cannot go on; the message is the one line to show."""
 
 

@@ -212,11 +212,9 @@ class MigrationFlow:
                 outcome = FlowOutcome(
                     login, True, f"migrated {result.folders} folders, {result.messages:,} messages{skipped}", result)
         except (MigrationRefused, ConfigError, DomainError, MailConnectionError, OSError, VaultError) as e:
-            if isinstance(e, (MailConnectionError, OSError)):
-                reason, retryable = describe_error(e), is_transient(e)
-            else:
-                # A provisioning hiccup (a DomainError) may pass; a refusal or bad configuration will not.
-                reason, retryable = str(e), isinstance(e, DomainError)
+            # A provisioning hiccup (a DomainError) may pass; a refusal or bad configuration will not.
+            reason = describe_error(e)
+            retryable = is_transient(e) if isinstance(e, (MailConnectionError, OSError)) else isinstance(e, DomainError)
             await self._record_failure(login, reason, retryable)
             return FlowOutcome(login, False, reason, retryable=retryable)
         outcome.post_script = await self.run_post_script(login, password)

@@ -32,6 +32,7 @@ from mailmigrator.adapters.migration_workers import (
 from mailmigrator.adapters.proxy import Listener, LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.throttle import LoginThrottle
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 from mailmigrator.ops.copying import build_copier, target_plan
 from mailmigrator.ops.finish import FinishReport, finish_migration
@@ -290,7 +291,7 @@ def _remembering(flow: MigrationFlow) -> Callable[[str, str], Awaitable[None]]:
     return remember
 
 
-class PermanentFailure(Exception):
+class PermanentFailure(ExplainedError):
     """A copy failure that retrying will not cure (recorded as not retryable)."""
 
 

@@ -509,6 +509,8 @@ ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Lu
+# Empty: any user name, UTF-8 local parts included (Dovecot's default allows only [A-Za-z0-9.-_@]).
+auth_username_chars =
 auth_verbose = yes
 auth_failure_delay = 0
 auth_master_user_separator = {MASTER_SEPARATOR}
@@ -648,7 +650,8 @@ def open_imap(
     try:
         if tls == "starttls":
             client.starttls(ssl_context)
-        client.login(f"{login}{MASTER_SEPARATOR}{master}" if master else login, password)
+        # AUTHENTICATE PLAIN (RFC 4616) carries UTF-8 names and passwords; imaplib's LOGIN sends only ASCII.
+        client.plain_login(f"{login}{MASTER_SEPARATOR}{master}" if master else login, password)
     except BaseException:
         with contextlib.suppress(Exception):
             client.shutdown()
