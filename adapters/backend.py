@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from mailmigrator.adapters.credentials import Credentials
+from mailmigrator.adapters.credentials import Credentials, UnsendableCredentials, credential_bytes, sasl_plain
 from mailmigrator.adapters.imap_protocol import quote
 from mailmigrator.domain.errors import ExplainedError
 
@@ -132,7 +132,7 @@ async def _log_in(dialogue: LoginDialogue, address: BackendAddress, login: str, 
 
 
 async def imap_login(address: BackendAddress, login: str, password: str) -> BackendSession:
-    """Connect, optionally STARTTLS, LOGIN; return the session with the post-login CAPABILITY."""
+    """Connect, optionally STARTTLS, log in; return the session with the post-login CAPABILITY."""
     return await _log_in(_imap_login, address, login, password)
 
 
@@ -141,10 +141,8 @@ async def _imap_login(stream: trio.abc.Stream, address: BackendAddress, login: s
     greeting = (await lines.line()).decode("utf-8", "replace")
     if not greeting.upper().startswith("* OK"):
         raise BackendUnavailable(f"{address} greeted with something other than OK")
-    caps = _capability_from(greeting)
+    caps = _capability_from(greeting) or await _imap_capability(lines, "m0")
     if address.tls in ("detect", "starttls"):
-        if not caps:
-            caps = await _imap_capability(lines, "m0")
         if "STARTTLS" in caps.upper().split():
             await lines.send(b"m1 STARTTLS\r\n")
             reply = await _imap_tagged(lines, "m1")
@@ -152,10 +150,10 @@ async def _imap_login(stream: trio.abc.Stream, address: BackendAddress, login: s
                 raise BackendUnavailable(f"{address} refused STARTTLS")
             stream = await _wrap(stream, address)
             lines = LineStream(stream)
+            caps = await _imap_capability(lines, "m1c")  # RFC 3501 section 6.2.1: ask again after TLS
         elif address.tls == "starttls":
             raise BackendUnavailable(f"{address} does not offer STARTTLS")
-    # Credentials go as quoted strings or non-synchronising literals; never logged.
-    await lines.send(b"m2 LOGIN " + quote(login) + b" " + quote(password) + b"\r\n")
+    await _imap_send_login(lines, caps.upper().split(), login, password)
     status, untagged = await _imap_tagged(lines, "m2")
     word, _, rest = status.partition(" ")
     if word.upper() != "OK":
@@ -170,6 +168,31 @@ async def _imap_login(stream: trio.abc.Stream, address: BackendAddress, login: s
     if not caps:
         caps = await _imap_capability(lines, "m3")
     return BackendSession(lines.stream, caps.strip(), bytes(lines.buffer))
+
+
+async def _imap_send_login(lines: LineStream, caps: list[str], login: str, password: str) -> None:
+    """The IMAP login as the copy engine sends it: AUTHENTICATE PLAIN when offered, else LOGIN; UTF-8 throughout.
+
+    Credentials are never logged; LOGIN carries 8-bit strings as non-synchronising literals.
+    """
+    message = _plain_response(login, password)
+    if "AUTH=PLAIN" not in caps:
+        await lines.send(b"m2 LOGIN " + quote(login) + b" " + quote(password) + b"\r\n")
+    elif "SASL-IR" in caps:  # RFC 4959
+        await lines.send(b"m2 AUTHENTICATE PLAIN " + message + b"\r\n")
+    else:
+        await lines.send(b"m2 AUTHENTICATE PLAIN\r\n")
+        if not (await lines.line()).startswith(b"+"):
+            raise BackendUnavailable("backend did not accept AUTHENTICATE PLAIN")
+        await lines.send(message + b"\r\n")
+
+
+def _plain_response(login: str, password: str) -> bytes:
+    """The base64 RFC 4616 PLAIN message; also refuses NUL, CR and LF before anything is sent."""
+    try:
+        return base64.b64encode(sasl_plain(login, password))
+    except UnsendableCredentials as e:
+        raise BackendRejected(str(e)) from None
 
 
 async def _imap_capability(lines: LineStream, tag: str) -> str:
@@ -218,9 +241,7 @@ async def _pop3_login(stream: trio.abc.Stream, address: BackendAddress, login: s
             lines = LineStream(stream)
         elif address.tls == "starttls":
             raise BackendUnavailable(f"{address} does not offer STLS")
-    if "\r" in login + password or "\n" in login + password:
-        raise BackendRejected("credentials contain a line break")
-    response = base64.b64encode(b"\x00" + login.encode() + b"\x00" + password.encode())
+    response = _plain_response(login, password)
     await lines.send(b"AUTH PLAIN " + response + b"\r\n")
     reply = await lines.line()
     if reply.startswith(b"+ "):
@@ -239,10 +260,10 @@ async def _pop3_login(stream: trio.abc.Stream, address: BackendAddress, login: s
 
 
 async def _pop3_user_pass(lines: LineStream, address: BackendAddress, login: str, password: str) -> BackendSession:
-    await lines.send(b"USER " + login.encode() + b"\r\n")
+    await lines.send(b"USER " + credential_bytes(login) + b"\r\n")
     if not (await lines.line()).startswith(b"+OK"):
         raise BackendRejected(f"{address} refused the user name")
-    await lines.send(b"PASS " + password.encode() + b"\r\n")
+    await lines.send(b"PASS " + credential_bytes(password) + b"\r\n")
     reply = await lines.line()
     if reply.startswith(b"+OK"):
         return BackendSession(lines.stream, "", bytes(lines.buffer))
