@@ -20,6 +20,7 @@ import trio
 
 from mailmigrator.adapters.backend import BackendRejected, BackendSession, BackendUnavailable
 from mailmigrator.adapters.credentials import Credentials
+from mailmigrator.adapters.mail_connection import describe_error
 from mailmigrator.adapters.protocol_errors import (
     ServerError,
     authentication_failed,
@@ -149,7 +150,7 @@ class LoginRouter:
                 try:
                     await self.remember_credentials(login, password)
                 except Exception as e:  # keeping it is a convenience; the login has succeeded
-                    log.warning("cannot keep the credential for the finish sweep", login=login, error=str(e))
+                    log.warning("cannot keep the credential for the finish sweep", login=login, error=describe_error(e))
             return routed
         if self.run_state() == "stopped" and state in ("new", "seen"):
             await self.store(self.store.service.record_login, login, protocol, client_address, local_address)

@@ -21,7 +21,13 @@ from mailmigrator.adapters.backend import BackendAddress, ServerBackends
 from mailmigrator.adapters.vault import CredentialVault
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.login_routing import LoginRouter, RoutingSettings, StoreCalls
-from mailmigrator.adapters.mail_connection import ServerAddress, source_login_name, tls_context, warn_unverified
+from mailmigrator.adapters.mail_connection import (
+    ServerAddress,
+    describe_error,
+    source_login_name,
+    tls_context,
+    warn_unverified,
+)
 from mailmigrator.adapters.migration_workers import (
     RESUMABLE_STATES,
     CredentialSource,
@@ -151,7 +157,7 @@ class Service:
         try:
             report = await self.finish()
         except Exception as e:  # recorded for the admin; the proxy keeps serving
-            log.error("finish failed", error=str(e))
+            log.error("finish failed", error=describe_error(e))
             return
         log.info("finish completed", swept=report.swept, failed=len(report.failed))
 

@@ -198,3 +198,19 @@ async def test_failed_utf8_logins_leave_no_character_of_the_password_anywhere(
         wired.close()
     assert "refused" in texts[f"/api/accounts/{login}"], reasons
     assert {name: leaked(text) for name, text in texts.items() if leaked(text)} == {}
+
+
+@pytest.mark.parametrize("admin_login", ["sasl", "dovecot-master"])
+def test_source_admin_login_copies_a_utf8_named_account(
+    old_server: testbed.DovecotServer, new_server: testbed.DovecotServer, tmp_path: Path, admin_login: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = secret_file(tmp_path, "admin.secret", old_server.master_password or "")
+    config = config_file(tmp_path, old_server, new_server, source=(
+        f'admin_user = "{old_server.master_user}"\nadmin_password_file = "{admin}"\nadmin_login = "{admin_login}"\n'))
+    login = utf8_account(old_server)
+    code, out, err = run_cli(capsys, monkeypatch, PASSWORD + "\n", "--config", str(config), "migrate", "--user",
+                             login, "--password-stdin")
+    assert code == 0, out + err
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "verify", login)
+    assert code == 0 and f"{login}: old and new mailbox are equal" in out, out + err
