@@ -77,6 +77,7 @@ def _send_login(client: IMAPClient, login: bytes, password: bytes) -> None:
     status, data = client._raw_command(b"LOGIN", [_login_string(login), _login_string(password)], uid=False)
     if status != "OK":
         raise LoginError(one_line(b" ".join(d for d in data if isinstance(d, bytes))))
+    client._imap.state = "AUTH"  # what imaplib's own login() records; the raw command bypasses it
 
 
 def _login_string(data: bytes) -> bytes:

@@ -6,11 +6,14 @@ empties it (any name), as a site with such local parts must.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,9 @@ import trio
 
 from console_fixtures import open_wired, serve_console
 from copy_testbed import message_count, run_cli, secret_file
+from mailmigrator.adapters.credentials import Credentials
+from mailmigrator.adapters.imap_connection import close_imap, open_imap
+from mailmigrator.adapters.mail_connection import LoginPlan, LoginRefused, ServerAddress
 from mailmigrator.ops import testbed
 from mailmigrator.ops.config import load_config
 from proxy_fixtures import Pair, ensure_notice_account, pair
@@ -214,3 +220,52 @@ def test_source_admin_login_copies_a_utf8_named_account(
     assert code == 0, out + err
     code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "verify", login)
     assert code == 0 and f"{login}: old and new mailbox are equal" in out, out + err
+
+
+class PlainHidingRelay:
+    """A loopback relay to a real server that deletes " AUTH=PLAIN" from what the server says."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.hidden = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(server, client, b" AUTH=PLAIN"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, b""), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, hidden: bytes) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):  # Dovecot sends each capability line in one write
+                if hidden and hidden in data:
+                    self.hidden += 1
+                    data = data.replace(hidden, b"")
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_login_command_carries_utf8_as_literals_when_plain_is_not_offered(old_server: testbed.DovecotServer) -> None:
+    login = utf8_account(old_server)
+    relay = PlainHidingRelay(("127.0.0.1", old_server.imap_port or 0))
+    address = ServerAddress("127.0.0.1", relay.port, tls="disable")
+    try:
+        client = open_imap(address, LoginPlan(login, Credentials(login, PASSWORD)))
+        try:
+            assert relay.hidden >= 1  # the greeting offered PLAIN and the client never saw it
+            assert client.select_folder("INBOX", readonly=True)[b"EXISTS"] == 3
+        finally:
+            close_imap(client)
+        with pytest.raises(LoginRefused) as refused:
+            open_imap(address, LoginPlan(login, Credentials(login, WRONG_USER_PASSWORD)))
+        assert str(refused.value) == f"login {login} refused [AUTHENTICATIONFAILED]"
+    finally:
+        relay.listener.close()
