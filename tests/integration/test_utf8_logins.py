@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import json
+import poplib
 import secrets
 import socket
 import subprocess
@@ -137,6 +138,16 @@ async def test_proxy_login_and_background_copy_with_utf8_credentials(pair: Pair,
             return int(data[0])
 
         assert await trio.to_thread.run_sync(served) == 2
+
+        def served_over_pop3() -> int:
+            pop = poplib.POP3("127.0.0.1", running.ports["pop3@127.0.0.1"], timeout=20)
+            pop.user(login)  # poplib sends UTF-8
+            pop.pass_(PASSWORD)
+            count = pop.stat()[0]
+            pop.quit()
+            return count
+
+        assert await trio.to_thread.run_sync(served_over_pop3) == 3
         nursery.cancel_scope.cancel()
     config = tmp_path / "mailmigrator.toml"
     result = cli(config, PASSWORD + "\n", "verify", login, "--password-stdin")
