@@ -247,3 +247,56 @@ async def test_commands_pipelined_after_login_reach_the_backend_in_order(pair: P
 
     assert await trio.to_thread.run_sync(appended) == [message]
 
+
+
+async def test_reset_connections_leave_the_admin_console_up(pair: Pair, tmp_path: Path) -> None:
+    import httpx
+
+    from mailmigrator.ops.console import run_console
+    from mailmigrator.ops.console.auth import write_password_file
+
+    password_file = tmp_path / "admin.secret"
+    write_password_file(password_file, "console-password-1")
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    path = write_config(tmp_path, pair, tls=False)
+    path.write_text(path.read_text() + f'\n[admin]\nlisten = ["{HOST}:{port}"]\npassword_file = "{password_file}"\n')
+    config = load_config(path)
+    wired = open_store(config, create=True)
+    assert wired is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(run_console, config, wired)
+            with trio.fail_after(40):
+                await in_batches(1000, 100, lambda i: reset_connection(port))
+                async with httpx.AsyncClient(base_url=urls[0]) as client:
+                    response = await client.post("/api/login", json={"password": "console-password-1"})
+            assert response.status_code == 200
+            nursery.cancel_scope.cancel()
+    finally:
+        wired.close()
+
+
+async def test_a_client_that_stops_reading_after_login_does_not_pin_the_relay(pair: Pair, tmp_path: Path) -> None:
+    from mailmigrator.ops.testbed import seed_bulk
+
+    pair.old.add_user("deaf@example.com", OLD_PASSWORD)
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 4000
+    seed_bulk(pair.old, "deaf@example.com", "INBOX", [big])
+    async with trio.open_nursery() as nursery:
+        ports = await serve_proxy(tmp_path, pair, nursery, extra_proxy="relay_send_timeout = 1.0\n")
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect((HOST, ports["imap"]))
+        await sock.send(b'a1 LOGIN deaf "' + OLD_PASSWORD.encode() + b'"\r\n')
+        received = b""
+        with trio.fail_after(20):
+            while b"a1 OK" not in received:
+                received += await sock.recv(4096)
+        await sock.send(b"a2 SELECT INBOX\r\n" + b"a3 FETCH 1 BODY.PEEK[]\r\n" * 20)  # 80 MB it will not read
+        await trio.sleep(3)  # longer than relay_send_timeout
+        with trio.fail_after(10):
+            await read_to_end(sock)  # ends: the relay has hung up instead of waiting for us
+        sock.close()
+        nursery.cancel_scope.cancel()
