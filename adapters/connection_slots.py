@@ -8,6 +8,7 @@ connections cannot become a flood of log lines.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,9 +16,22 @@ from typing import Literal
 Refusal = Literal["too many connections", "too many connections from this address"]
 
 
+def client_key(address: str) -> str:
+    """Whom a connection counts against: the IPv4 address, or the IPv6 /64 (one site, like one NAT address)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 @dataclass
 class ConnectionSlots:
-    """Counts open connections; `take` refuses beyond `max_total` or `max_per_address`."""
+    """Counts open connections; `take` refuses beyond `max_total` or `max_per_address` (per `client_key`)."""
 
     max_total: int
     max_per_address: int
@@ -27,6 +41,7 @@ class ConnectionSlots:
 
     def take(self, address: str) -> Refusal | None:
         """Take a slot for a connection from `address`, or say why not (and count the refusal)."""
+        address = client_key(address)
         refusal: Refusal | None = None
         if self.total >= self.max_total:
             refusal = "too many connections"
@@ -40,6 +55,7 @@ class ConnectionSlots:
         return None
 
     def give_back(self, address: str) -> None:
+        address = client_key(address)
         self.total -= 1
         self.per_address[address] -= 1
         if not self.per_address[address]:

@@ -249,6 +249,23 @@ async def test_commands_pipelined_after_login_reach_the_backend_in_order(pair: P
 
 
 
+
+async def test_pop3_commands_pipelined_after_pass_reach_the_backend_in_order(pair: Pair, tmp_path: Path) -> None:
+    seed_user(pair, "pipepop@example.com", messages=3)
+    async with trio.open_nursery() as nursery:
+        ports = await serve_proxy(tmp_path, pair, nursery)
+        sock, _ = await greeting(HOST, ports["pop3"])
+        await sock.send(b"USER pipepop\r\nPASS " + OLD_PASSWORD.encode() + b"\r\nSTAT\r\nNOOP\r\nLIST 2\r\nQU")
+        await trio.sleep(0.3)
+        await sock.send(b"IT\r\n")
+        with trio.fail_after(20):
+            replies = await read_to_end(sock)
+        sock.close()
+        lines = replies.split(b"\r\n")
+        assert [line.split(b" ")[0] for line in lines[:6]] == [b"+OK"] * 6, replies
+        assert lines[2].startswith(b"+OK 3 ") and lines[4].startswith(b"+OK 2 "), replies
+        nursery.cancel_scope.cancel()
+
 async def test_reset_connections_leave_the_admin_console_up(pair: Pair, tmp_path: Path) -> None:
     import httpx
 
