@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 import trio
 
 from mailmigrator.ops.config import load_config
@@ -29,7 +31,8 @@ async def serve_proxy(tmp: Path, pair: Pair, nursery: trio.Nursery, extra_proxy:
     config = with_free_ports(load_config(write_config(tmp, pair, extra_proxy=extra_proxy, tls=False)))
     wired = open_store(config, create=True)
     assert wired is not None
-    service = build_service(config, wired.app, replace(proxy_limits(config), failure_delay=0.0))
+    limits = replace(proxy_limits(config), failure_delay=0.0, refusal_report_interval=0.5)
+    service = build_service(config, wired.app, limits)
     bound = await nursery.start(service.run)
     return {listener.protocol: port for listener, port in bound}
 
@@ -136,12 +139,19 @@ async def test_connections_beyond_the_per_address_cap_are_refused_other_addresse
         held += [await greeting(HOST, ports["pop3"]) for _ in range(2)]
         assert all(line.startswith((b"* OK", b"+OK")) for _, line in held)
         refused = []
-        for protocol in ("imap", "pop3") * 20:
-            sock, line = await greeting(HOST, ports[protocol])
-            with trio.fail_after(10):
-                rest = await sock.recv(4096)
-            refused.append((line, rest))
-            sock.close()
+        with structlog.testing.capture_logs() as logged:
+            for protocol in ("imap", "pop3") * 20:
+                sock, line = await greeting(HOST, ports[protocol])
+                with trio.fail_after(10):
+                    rest = await sock.recv(4096)
+                refused.append((line, rest))
+                sock.close()
+            await trio.sleep(1.2)
+        # One summary line for the whole flood, not a line per refused connection.
+        reports = [e for e in logged if e["event"] == "connections refused"]
+        assert sum(r["count"] for r in reports) == 40 and len(reports) <= 2  # the flood may straddle one report
+        assert {address for r in reports for address in r["busiest"]} == {HOST}
+        assert len(logged) == len(reports)
         assert {line for line, _ in refused} == {
             b"* BYE [UNAVAILABLE] Too many connections from this address, try again later.\r\n",
             b"-ERR [SYS/TEMP] Too many connections from this address, try again later.\r\n",
