@@ -82,7 +82,7 @@ class Listener:
 
 @dataclass(frozen=True)
 class ProxyLimits:
-    """Abuse limits for unauthenticated clients."""
+    """Abuse limits: what an unauthenticated client may send, and what any connection may hold."""
 
     max_line: int = DEFAULT_MAX_LINE
     max_literal: int = DEFAULT_MAX_LITERAL
