@@ -115,14 +115,16 @@ class IdleTimeout(Exception):
 class _PreAuthSession:
     """What IMAP and POP3 sessions share before login: the stream, with a timeout on every wait."""
 
-    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
         self.proxy = proxy
         self.stream = stream
         self.client = client
         self.local = local
         self.tls = tls
         # One deadline for the whole pre-auth phase: a byte now and then must not hold a connection.
-        self.login_deadline = trio.current_time() + proxy.limits.login_timeout
+        self.login_deadline = login_deadline
 
     async def send(self, data: bytes) -> None:
         """Send to the client; `trio.TooSlowError` when it does not read in time."""
@@ -144,7 +146,7 @@ class _PreAuthSession:
     async def start_tls(self) -> None:
         assert self.proxy.ssl_context is not None
         tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
-        with trio.fail_after(self.proxy.limits.tls_handshake_timeout):
+        with trio.fail_at(min(trio.current_time() + self.proxy.limits.tls_handshake_timeout, self.login_deadline)):
             await tls.do_handshake()
         self.stream = tls
         self.tls = True
@@ -205,6 +207,7 @@ class LoginProxy:
         addresses (a peer that reset already has none), happens inside this
         boundary, as trio's `serve_listeners` expects of a handler.
         """
+        login_deadline = trio.current_time() + self.limits.login_timeout
         client_address = "unknown"
         stream: trio.abc.Stream = raw
         holds_slot = False
@@ -219,10 +222,10 @@ class LoginProxy:
             if listener.implicit_tls:
                 assert self.ssl_context is not None
                 stream = trio.SSLStream(raw, self.ssl_context, server_side=True)
-                with trio.fail_after(self.limits.tls_handshake_timeout):
+                with trio.fail_at(min(trio.current_time() + self.limits.tls_handshake_timeout, login_deadline)):
                     await stream.do_handshake()
             session_type = ImapSession if listener.protocol == "imap" else Pop3Session
-            session = session_type(self, stream, client_address, local_address, listener.implicit_tls)
+            session = session_type(self, stream, client_address, local_address, listener.implicit_tls, login_deadline)
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError) as e:
             log.info("connection ended", client=client_address, reason=type(e).__name__)
@@ -276,8 +279,10 @@ def _address(sockname: object) -> str:
 class ImapSession(_PreAuthSession):
     """One IMAP client before login (RFC 3501 section 6.1-6.2, RFC 9051 section 6.1-6.2)."""
 
-    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
-        super().__init__(proxy, stream, client, local, tls)
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
+        super().__init__(proxy, stream, client, local, tls, login_deadline)
         limits = proxy.limits
         self.reader = ImapCommandReader(max_line=limits.max_line, max_literal=limits.max_literal)
 
@@ -442,8 +447,10 @@ class SaslCancelled(Exception):
 class Pop3Session(_PreAuthSession):
     """One POP3 client in the AUTHORIZATION state (RFC 1939 section 4)."""
 
-    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
-        super().__init__(proxy, stream, client, local, tls)
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
+        super().__init__(proxy, stream, client, local, tls, login_deadline)
         self.reader = Pop3LineReader(max_line=proxy.limits.max_line)
         self.user: str | None = None
 
