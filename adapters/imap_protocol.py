@@ -81,7 +81,12 @@ class ImapCommandReader:
     synchronising literal over `max_literal` is refused before the client
     sends it (no continuation is given, RFC 3501 section 7.5); an oversized
     non-synchronising literal is refused as fatal, because the stream cannot
-    be resynchronised without reading it (RFC 7888 section 4).
+    be resynchronised without reading it (RFC 7888 section 4), and the reader
+    gives no events after it.
+
+    `receive` + `next_event` frame lazily, one event at a time, so that
+    `unconsumed` is every byte after the last event taken, exactly as sent:
+    what a client pipelined after its login goes to the backend unchanged.
     """
 
     max_line: int = DEFAULT_MAX_LINE
@@ -91,68 +96,87 @@ class ImapCommandReader:
     _literals: list[bytes] = field(default_factory=list)
     _literal_left: int = 0
     _literal: bytearray = field(default_factory=bytearray)
+    # The bytes of the command being framed, as received (lines and literals).
+    _command_raw: bytearray = field(default_factory=bytearray)
     _discarding: bool = False
+    _discard_tag: str = "*"
     _total: int = 0
     _raw_lines: bool = False
+    _failed: bool = False
 
     def feed(self, data: bytes) -> list[ReaderEvent]:
         """Take more input; return the events it completes, in order."""
+        self.receive(data)
+        return list(iter(self.next_event, None))
+
+    def receive(self, data: bytes) -> None:
+        """Take more input without framing it yet."""
         self._buffer += data
-        events: list[ReaderEvent] = []
-        while True:
+
+    def unconsumed(self) -> bytes:
+        """Every byte received after the last event returned, as received (nothing of a discarded line)."""
+        return bytes(self._command_raw) + bytes(self._buffer)
+
+    def next_event(self) -> ReaderEvent | None:
+        """The next event the input received so far completes; None when more input is needed."""
+        while not self._failed:
             if self._literal_left:
                 take = min(self._literal_left, len(self._buffer))
                 if not take:
-                    break
-                self._literal += self._buffer[:take]
+                    return None
+                chunk = self._buffer[:take]
+                self._literal += chunk
+                self._command_raw += chunk
                 del self._buffer[:take]
                 self._literal_left -= take
                 if self._literal_left:
-                    break
+                    return None
                 self._literals.append(bytes(self._literal))
                 self._literal.clear()
                 continue
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > self.max_line:
+                # One byte more than max_line may be the CR of a line that fits.
+                if len(self._buffer) > self.max_line + 1 and not self._discarding:
                     # Too long: forget what we have, skip to the end of the line.
                     self._discarding = True
+                    self._discard_tag = _tag_of(self._pieces[0] if self._pieces else bytes(self._buffer))
+                    self._command_raw.clear()
+                if self._discarding:
                     self._buffer.clear()
-                break
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
+                return None
+            raw = bytes(self._buffer[: end + 1])
+            line = raw[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
             del self._buffer[: end + 1]
             if self._discarding or len(line) > self.max_line:
-                tag = _tag_of(self._pieces[0] if self._pieces else line)
+                tag = self._discard_tag if self._discarding else _tag_of(self._pieces[0] if self._pieces else line)
                 self._reset()
-                events.append(InputRefused(tag, CommandSyntaxError("Line too long.", "TOOBIG")))
-                continue
+                return InputRefused(tag, CommandSyntaxError("Line too long.", "TOOBIG"))
             if self._raw_lines:
-                events.append(Framed((line,), ()))
-                continue
+                return Framed((line,), ())
+            self._command_raw += raw
             match = _LITERAL_AT_END.search(line)
             if match is None:
                 self._pieces.append(line)
                 framed = Framed(tuple(self._pieces), tuple(self._literals))
                 self._reset()
-                events.append(framed)
-                continue
+                return framed
             size, plus = int(match.group(1)), bool(match.group(2))
             self._total += size + len(line)
             if size > self.max_literal or self._total > self.max_literal + 4 * self.max_line:
                 tag = _tag_of(self._pieces[0] if self._pieces else line)
                 self._reset()
-                error = CommandSyntaxError("Literal too big.", "TOOBIG", fatal=plus)
-                events.append(InputRefused(tag, error))
-                if plus:
-                    return events
-                continue
+                self._failed = plus
+                return InputRefused(tag, CommandSyntaxError("Literal too big.", "TOOBIG", fatal=plus))
             self._pieces.append(line[: match.start()])
             self._literal_left = size
             if size == 0:
                 self._literals.append(b"")
             if not plus:
-                events.append(ContinuationNeeded())
-        return events
+                return ContinuationNeeded()
+        return None
 
     def expect_raw_lines(self, raw: bool) -> None:
         """While on, every line is returned as is (SASL responses, RFC 3501 section 6.2.2)."""
@@ -161,7 +185,9 @@ class ImapCommandReader:
     def _reset(self) -> None:
         self._pieces.clear()
         self._literals.clear()
+        self._command_raw.clear()
         self._discarding = False
+        self._discard_tag = "*"
         self._total = 0
 
 

@@ -37,29 +37,47 @@ class LineTooLong:
 
 @dataclass
 class Pop3LineReader:
-    """Splits POP3 input into lines; an oversized line is skipped, never buffered."""
+    """Splits POP3 input into lines; an oversized line is skipped, never buffered.
+
+    `receive` + `next_line` split lazily, so `unconsumed` is every byte after
+    the last line taken, exactly as sent.
+    """
 
     max_line: int = DEFAULT_MAX_LINE
     _buffer: bytearray = field(default_factory=bytearray)
     _discarding: bool = False
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        """Take more input; return the lines it completes, in order."""
+        self.receive(data)
+        return list(iter(self.next_line, None))
+
+    def receive(self, data: bytes) -> None:
+        """Take more input without splitting it yet."""
         self._buffer += data
-        out: list[bytes | LineTooLong] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > self.max_line:
-                    self._discarding = True
-                    self._buffer.clear()
-                return out
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
-            del self._buffer[: end + 1]
-            if self._discarding or len(line) > self.max_line:
-                self._discarding = False
-                out.append(LineTooLong())
-            else:
-                out.append(line)
+
+    def unconsumed(self) -> bytes:
+        """Every byte received after the last line returned (nothing of a discarded line)."""
+        return bytes(self._buffer)
+
+    def next_line(self) -> bytes | LineTooLong | None:
+        """The next line (without CRLF) the input so far completes; None when more input is needed."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            # One byte more than max_line may be the CR of a line that fits.
+            if len(self._buffer) > self.max_line + 1:
+                self._discarding = True
+            if self._discarding:
+                self._buffer.clear()
+            return None
+        line = bytes(self._buffer[:end])
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        del self._buffer[: end + 1]
+        if self._discarding or len(line) > self.max_line:
+            self._discarding = False
+            return LineTooLong()
+        return line
 
 
 def parse_pop3_command(line: bytes) -> Pop3Command:

@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from mailmigrator.adapters.backend import BackendSession
+from mailmigrator.adapters.connection_slots import ConnectionSlots
 from mailmigrator.adapters.imap_protocol import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_LITERAL,
@@ -81,13 +82,22 @@ class Listener:
 
 @dataclass(frozen=True)
 class ProxyLimits:
-    """Abuse limits for unauthenticated clients."""
+    """Abuse limits: what an unauthenticated client may send, and what any connection may hold."""
 
     max_line: int = DEFAULT_MAX_LINE
     max_literal: int = DEFAULT_MAX_LITERAL
     idle_timeout: float = 60.0
+    # The whole pre-auth phase, however the client paces its bytes.
+    login_timeout: float = 120.0
     tls_handshake_timeout: float = 30.0
     failure_delay: float = 1.0
+    # A client that does not read: how long one send may wait, before login and while relaying.
+    send_timeout: float = 30.0
+    relay_send_timeout: float = 600.0
+    max_connections: int = 20_000
+    # Generous: a company behind one NAT address comes from one address.
+    max_connections_per_address: int = 1_000
+    refusal_report_interval: float = 10.0
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -99,7 +109,47 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class IdleTimeout(Exception):
-    """The client sent nothing for too long before logging in."""
+    """The client sent nothing for too long, or did not log in in time; the text says which."""
+
+
+class _PreAuthSession:
+    """What IMAP and POP3 sessions share before login: the stream, with a timeout on every wait."""
+
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
+        self.proxy = proxy
+        self.stream = stream
+        self.client = client
+        self.local = local
+        self.tls = tls
+        # One deadline for the whole pre-auth phase: a byte now and then must not hold a connection.
+        self.login_deadline = login_deadline
+
+    async def send(self, data: bytes) -> None:
+        """Send to the client; `trio.TooSlowError` when it does not read in time."""
+        with trio.fail_after(self.proxy.limits.send_timeout):
+            await self.stream.send_all(data)
+
+    async def receive(self) -> bytes:
+        """The next bytes from the client; `IdleTimeout` when too slow, `EOFError` at its end."""
+        idle_deadline = trio.current_time() + self.proxy.limits.idle_timeout
+        with trio.move_on_at(min(idle_deadline, self.login_deadline)):
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError()
+            return bytes(data)
+        if idle_deadline < self.login_deadline:
+            raise IdleTimeout("Idle too long, disconnecting.")
+        raise IdleTimeout("Too long without logging in, disconnecting.")
+
+    async def start_tls(self) -> None:
+        assert self.proxy.ssl_context is not None
+        tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
+        with trio.fail_at(min(trio.current_time() + self.proxy.limits.tls_handshake_timeout, self.login_deadline)):
+            await tls.do_handshake()
+        self.stream = tls
+        self.tls = True
 
 
 @dataclass
@@ -111,7 +161,10 @@ class LoginProxy:
     ssl_context: ssl.SSLContext | None = None
     limits: ProxyLimits = field(default_factory=ProxyLimits)
     require_tls_for_login: bool = False
-    connections: int = 0
+    slots: ConnectionSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = ConnectionSlots(self.limits.max_connections, self.limits.max_connections_per_address)
 
     async def serve(
         self,
@@ -130,7 +183,16 @@ class LoginProxy:
                 port = sockets[0].socket.getsockname()[1]
                 bound.append((listener, port))
                 log.info("listening", protocol=listener.protocol, tls=listener.implicit_tls, address=f"{listener.host}:{port}")
+            nursery.start_soon(self._report_refusals)
             task_status.started(bound)
+
+    async def _report_refusals(self) -> None:
+        while True:
+            await trio.sleep(self.limits.refusal_report_interval)
+            count, busiest = self.slots.take_refusals()
+            if count:
+                log.warning("connections refused", count=count, seconds=self.limits.refusal_report_interval,
+                            busiest=dict(busiest), open=self.slots.total)
 
     def _handler(self, listener: Listener) -> Callable[[trio.SocketStream], object]:
         async def handle(stream: trio.SocketStream) -> None:
@@ -139,27 +201,49 @@ class LoginProxy:
         return handle
 
     async def handle_connection(self, raw: trio.SocketStream, listener: Listener) -> None:
-        """Run one client connection to its end; errors end this connection only."""
-        client_address = _address(raw.socket.getpeername())
-        local_address = _address(raw.socket.getsockname())
+        """Run one client connection to its end; any error in it ends this connection only.
+
+        Everything a connection does, down to asking the kernel for its
+        addresses (a peer that reset already has none), happens inside this
+        boundary, as trio's `serve_listeners` expects of a handler.
+        """
+        login_deadline = trio.current_time() + self.limits.login_timeout
+        client_address = "unknown"
         stream: trio.abc.Stream = raw
-        self.connections += 1
+        holds_slot = False
         try:
+            client_address = _address(raw.socket.getpeername())
+            local_address = _address(raw.socket.getsockname())
+            refusal = self.slots.take(client_address)
+            if refusal is not None:
+                await self._refuse(raw, listener, refusal)
+                return
+            holds_slot = True
             if listener.implicit_tls:
                 assert self.ssl_context is not None
                 stream = trio.SSLStream(raw, self.ssl_context, server_side=True)
-                with trio.fail_after(self.limits.tls_handshake_timeout):
+                with trio.fail_at(min(trio.current_time() + self.limits.tls_handshake_timeout, login_deadline)):
                     await stream.do_handshake()
             session_type = ImapSession if listener.protocol == "imap" else Pop3Session
-            session = session_type(self, stream, client_address, local_address, listener.implicit_tls)
+            session = session_type(self, stream, client_address, local_address, listener.implicit_tls, login_deadline)
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError) as e:
             log.info("connection ended", client=client_address, reason=type(e).__name__)
         except Exception:
             log.exception("connection failed", client=client_address)
         finally:
-            self.connections -= 1
+            if holds_slot:
+                self.slots.give_back(client_address)
             await trio.aclose_forcefully(stream)
+
+    async def _refuse(self, raw: trio.SocketStream, listener: Listener, refusal: str) -> None:
+        """One line in the listener's protocol, then close; on a TLS port, just close (a handshake is what we refuse)."""
+        if listener.implicit_tls:
+            return
+        text = f"* BYE [UNAVAILABLE] {refusal.capitalize()}, try again later.\r\n" if listener.protocol == "imap" \
+            else f"-ERR [SYS/TEMP] {refusal.capitalize()}, try again later.\r\n"
+        with trio.move_on_after(self.limits.send_timeout):
+            await raw.send_all(text.encode())
 
     async def login(
         self, raw_login: str, password: str, protocol: Literal["imap", "pop3"], client_address: str, local_address: str
@@ -192,37 +276,20 @@ def _address(sockname: object) -> str:
     return str(sockname)
 
 
-class _ClientInput:
-    """Pulls reader events from the client stream, with the pre-auth idle timeout."""
-
-    def __init__(self, session: ImapSession) -> None:
-        self.session = session
-        self.pending: list[object] = []
-
-    async def event(self) -> object:
-        while not self.pending:
-            with trio.move_on_after(self.session.proxy.limits.idle_timeout) as scope:
-                data = await self.session.stream.receive_some(65536)
-            if scope.cancelled_caught:
-                raise IdleTimeout()
-            if not data:
-                raise EOFError()
-            self.pending.extend(self.session.reader.feed(data))
-        return self.pending.pop(0)
-
-
-class ImapSession:
+class ImapSession(_PreAuthSession):
     """One IMAP client before login (RFC 3501 section 6.1-6.2, RFC 9051 section 6.1-6.2)."""
 
-    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
-        self.proxy = proxy
-        self.stream = stream
-        self.client = client
-        self.local = local
-        self.tls = tls
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
+        super().__init__(proxy, stream, client, local, tls, login_deadline)
         limits = proxy.limits
         self.reader = ImapCommandReader(max_line=limits.max_line, max_literal=limits.max_literal)
-        self.input = _ClientInput(self)
+
+    async def event(self) -> object:
+        while (event := self.reader.next_event()) is None:
+            self.reader.receive(await self.receive())
+        return event
 
     def capabilities(self) -> str:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE"]
@@ -234,14 +301,11 @@ class ImapSession:
             caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
         return " ".join(caps)
 
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
     async def run(self) -> None:
         await self.send(f"* OK [CAPABILITY {self.capabilities()}] Mail service ready.\r\n".encode())
         try:
             while True:
-                event = await self.input.event()
+                event = await self.event()
                 if isinstance(event, ContinuationNeeded):
                     await self.send(b"+ Ready for literal data\r\n")
                     continue
@@ -264,8 +328,8 @@ class ImapSession:
                     continue
                 await self.after_login(command.tag, routed)
                 return
-        except IdleTimeout:
-            await self.send(b"* BYE Idle too long, disconnecting.\r\n")
+        except IdleTimeout as e:
+            await self.send(f"* BYE {e}\r\n".encode())
         except EOFError:
             return
 
@@ -300,12 +364,7 @@ class ImapSession:
         # RFC 3501 section 6.2.1 (and RFC 2595 section 3.1): anything the client
         # pipelined after STARTTLS in clear text is dropped, not obeyed.
         self.reader = ImapCommandReader(max_line=self.reader.max_line, max_literal=self.reader.max_literal)
-        self.input.pending.clear()
-        tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
-        with trio.fail_after(self.proxy.limits.tls_handshake_timeout):
-            await tls.do_handshake()
-        self.stream = tls
-        self.tls = True
+        await self.start_tls()
 
     async def authenticate(self, command: Command) -> Routed | None:
         tag = command.tag
@@ -341,7 +400,7 @@ class ImapSession:
         await self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
         self.reader.expect_raw_lines(True)
         try:
-            event = await self.input.event()
+            event = await self.event()
         finally:
             self.reader.expect_raw_lines(False)
         if isinstance(event, InputRefused):
@@ -371,14 +430,12 @@ class ImapSession:
             # RFC 3501 section 7.1: a CAPABILITY response code on the tagged OK tells
             # the client the backend's post-login capabilities.
             await self.send(f"{tag} OK [CAPABILITY {caps}] Logged in.\r\n".encode())
-            leftover = bytes(self.reader._buffer)
-            for event in self.input.pending:
-                if isinstance(event, Framed):
-                    leftover = event.raw(non_synchronising=False) + leftover
+            # Whatever the client pipelined after the login command, byte for byte.
+            leftover = self.reader.unconsumed()
             if routed.destination == "notice":
-                await relay_read_only_imap(self.stream, session, leftover, self.reader)
+                await relay_read_only_imap(self.stream, session, leftover, self.reader, self.proxy.limits.relay_send_timeout)
             else:
-                await relay(self.stream, session, leftover)
+                await relay(self.stream, session, leftover, self.proxy.limits.relay_send_timeout)
         finally:
             await session.aclose()
 
@@ -387,32 +444,20 @@ class SaslCancelled(Exception):
     """The client answered a SASL challenge with `*`."""
 
 
-class Pop3Session:
+class Pop3Session(_PreAuthSession):
     """One POP3 client in the AUTHORIZATION state (RFC 1939 section 4)."""
 
-    def __init__(self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool) -> None:
-        self.proxy = proxy
-        self.stream = stream
-        self.client = client
-        self.local = local
-        self.tls = tls
+    def __init__(
+        self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
+    ) -> None:
+        super().__init__(proxy, stream, client, local, tls, login_deadline)
         self.reader = Pop3LineReader(max_line=proxy.limits.max_line)
-        self.pending: list[bytes | LineTooLong] = []
         self.user: str | None = None
 
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
     async def line(self) -> bytes | LineTooLong:
-        while not self.pending:
-            with trio.move_on_after(self.proxy.limits.idle_timeout) as scope:
-                data = await self.stream.receive_some(65536)
-            if scope.cancelled_caught:
-                raise IdleTimeout()
-            if not data:
-                raise EOFError()
-            self.pending.extend(self.reader.feed(data))
-        return self.pending.pop(0)
+        while (line := self.reader.next_line()) is None:
+            self.reader.receive(await self.receive())
+        return line
 
     def capabilities(self) -> list[str]:
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE"]
@@ -441,17 +486,16 @@ class Pop3Session:
                 if routed is not None:
                     await self.send(b"+OK Logged in.\r\n")
                     try:
-                        leftover = b"".join(p + b"\r\n" for p in self.pending if isinstance(p, bytes))
-                        leftover += bytes(self.reader._buffer)
+                        leftover = self.reader.unconsumed()
                         if routed.destination == "notice":
-                            await relay_read_only_pop3(self.stream, routed.session, leftover)
+                            await relay_read_only_pop3(self.stream, routed.session, leftover, self.proxy.limits.relay_send_timeout)
                         else:
-                            await relay(self.stream, routed.session, leftover)
+                            await relay(self.stream, routed.session, leftover, self.proxy.limits.relay_send_timeout)
                     finally:
                         await routed.session.aclose()
                     return
-        except IdleTimeout:
-            await self.send(b"-ERR Idle too long, disconnecting.\r\n")
+        except IdleTimeout as e:
+            await self.send(f"-ERR {e}\r\n".encode())
         except EOFError:
             return
 
@@ -490,12 +534,7 @@ class Pop3Session:
         await self.send(b"+OK Begin TLS negotiation.\r\n")
         # RFC 2595 section 4: what was pipelined in clear text is discarded.
         self.reader = Pop3LineReader(max_line=self.reader.max_line)
-        self.pending.clear()
-        tls = trio.SSLStream(self.stream, self.proxy.ssl_context, server_side=True)
-        with trio.fail_after(self.proxy.limits.tls_handshake_timeout):
-            await tls.do_handshake()
-        self.stream = tls
-        self.tls = True
+        await self.start_tls()
 
     async def auth(self, args: tuple[str, ...]) -> Routed | None:
         if not args:
@@ -521,19 +560,28 @@ class Pop3Session:
         return await self.proxy.login(user, password, "pop3", self.client, self.local)
 
 
-async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: bytes = b"") -> None:
-    """Copy bytes both ways until either side closes."""
+_RELAY_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError)
+"""What ends a relay quietly: either side gone, or not reading for `send_timeout`."""
+
+
+async def _send(stream: trio.abc.Stream, data: bytes, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        await stream.send_all(data)
+
+
+async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: bytes, send_timeout: float) -> None:
+    """Copy bytes both ways until either side closes or stops reading for `send_timeout` seconds."""
     backend = session.stream
     if session.pending:
-        await client.send_all(session.pending)
+        await _send(client, session.pending, send_timeout)
     if to_backend:
-        await backend.send_all(to_backend)
+        await _send(backend, to_backend, send_timeout)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump, client, backend, nursery.cancel_scope)
-        nursery.start_soon(_pump, backend, client, nursery.cancel_scope)
+        nursery.start_soon(_pump, client, backend, nursery.cancel_scope, send_timeout)
+        nursery.start_soon(_pump, backend, client, nursery.cancel_scope, send_timeout)
 
 
-async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketType) -> None:
+async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketType, send_timeout: float) -> None:
     """Copy bytes from one plain TCP socket to another until `source` reaches end of stream."""
     # Every byte of every proxied mailbox passes here. A reused buffer and one
     # scheduler pass per chunk cost less CPU than receive_some/send_all, which
@@ -561,22 +609,23 @@ async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketT
             try:
                 sent += os.write(fd_out, view[sent:count])
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd_out)
+                with trio.fail_after(send_timeout):
+                    await trio.lowlevel.wait_writable(fd_out)
         if count == len(buffer) < RELAY_CHUNK:
             buffer = bytearray(RELAY_CHUNK)
 
 
-async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope) -> None:
+async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope, send_timeout: float) -> None:
     try:
         if isinstance(source, trio.SocketStream) and isinstance(sink, trio.SocketStream):
-            await _socket_pump(source.socket, sink.socket)
+            await _socket_pump(source.socket, sink.socket, send_timeout)
             return
         while True:
             data = await source.receive_some(RELAY_CHUNK)
             if not data:
                 return
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            await _send(sink, data, send_timeout)
+    except _RELAY_ENDS:
         return
     finally:
         scope.cancel()
@@ -587,7 +636,7 @@ NoticeReply = tuple[bytes, bytes, bool]
 
 
 async def relay_read_only_imap(
-    client: trio.abc.Stream, session: BackendSession, leftover: bytes, reader: ImapCommandReader
+    client: trio.abc.Stream, session: BackendSession, leftover: bytes, reader: ImapCommandReader, send_timeout: float
 ) -> None:
     """Relay to the migration account, letting through only commands that change nothing.
 
@@ -606,7 +655,7 @@ async def relay_read_only_imap(
             else:
                 yield _read_only_command(event), b"", False
 
-    await _relay_screened(client, session, leftover, screen)
+    await _relay_screened(client, session, leftover, screen, send_timeout)
 
 
 def _read_only_command(framed: Framed) -> bytes:
@@ -626,7 +675,9 @@ def _read_only_command(framed: Framed) -> bytes:
     return framed.raw(non_synchronising=True)
 
 
-async def relay_read_only_pop3(client: trio.abc.Stream, session: BackendSession, leftover: bytes) -> None:
+async def relay_read_only_pop3(
+    client: trio.abc.Stream, session: BackendSession, leftover: bytes, send_timeout: float
+) -> None:
     """Relay to the migration account over POP3; DELE and other changes are refused."""
     lines = Pop3LineReader()
 
@@ -638,18 +689,18 @@ async def relay_read_only_pop3(client: trio.abc.Stream, session: BackendSession,
             else:
                 yield b"", b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n", False
 
-    await _relay_screened(client, session, leftover, screen)
+    await _relay_screened(client, session, leftover, screen, send_timeout)
 
 
 async def _relay_screened(
     client: trio.abc.Stream, session: BackendSession, leftover: bytes,
-    screen: Callable[[bytes], Iterable[NoticeReply]],
+    screen: Callable[[bytes], Iterable[NoticeReply]], send_timeout: float,
 ) -> None:
     """Relay both ways, passing what the client sends through `screen` first."""
     backend = session.stream
     client_lock = trio.Lock()
     if session.pending:
-        await client.send_all(session.pending)
+        await _send(client, session.pending, send_timeout)
 
     async def to_backend(scope: trio.CancelScope) -> None:
         try:
@@ -657,27 +708,28 @@ async def _relay_screened(
             while True:
                 for to_backend, to_client, hang_up in screen(data):
                     if to_backend:
-                        await backend.send_all(to_backend)
+                        await _send(backend, to_backend, send_timeout)
                     if to_client:
                         async with client_lock:
-                            await client.send_all(to_client)
+                            await _send(client, to_client, send_timeout)
                     if hang_up:
                         return
                 data = await client.receive_some(RELAY_CHUNK)
                 if not data:
                     return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+        except _RELAY_ENDS:
             return
         finally:
             scope.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(to_backend, nursery.cancel_scope)
-        nursery.start_soon(_backend_to_client, backend, client, client_lock, nursery.cancel_scope)
+        nursery.start_soon(_backend_to_client, backend, client, client_lock, nursery.cancel_scope, send_timeout)
 
 
 async def _backend_to_client(
-    backend: trio.abc.Stream, client: trio.abc.Stream, client_lock: trio.Lock, scope: trio.CancelScope
+    backend: trio.abc.Stream, client: trio.abc.Stream, client_lock: trio.Lock, scope: trio.CancelScope,
+    send_timeout: float,
 ) -> None:
     """Copy the backend's bytes to the client until either side closes, then end the relay."""
     try:
@@ -686,8 +738,8 @@ async def _backend_to_client(
             if not data:
                 return
             async with client_lock:
-                await client.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                await _send(client, data, send_timeout)
+    except _RELAY_ENDS:
         return
     finally:
         scope.cancel()

@@ -54,7 +54,7 @@ async def relay_once(generic: bool) -> tuple[float, float]:
     if generic:
         backend, user = trio.StapledStream(backend, backend), trio.StapledStream(user, user)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    await relay(user, BackendSession(stream=backend))
+    await relay(user, BackendSession(stream=backend), b"", send_timeout=600)
     await user.aclose()
     after = resource.getrusage(resource.RUSAGE_SELF)
     received, elapsed = results.get()

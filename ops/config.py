@@ -83,6 +83,12 @@ class ProxyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_tls_for_login: bool = False
+    # Connection limits (the proxy's own; see adapters/proxy.py ProxyLimits).
+    max_connections: int = 20_000
+    max_connections_per_address: int = 1_000
+    login_timeout: float = 120.0
+    send_timeout: float = 30.0
+    relay_send_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,11 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "tls_cert": _PATH,
         "tls_key": _PATH,
         "require_tls_for_login": _BOOL,
+        "max_connections": _INT,
+        "max_connections_per_address": _INT,
+        "login_timeout": _FLOAT,
+        "send_timeout": _FLOAT,
+        "relay_send_timeout": _FLOAT,
     },
     "migration": {
         "migration_account": _STRING,
@@ -292,6 +303,9 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
     proxy_cfg = ProxyConfig(**sections["proxy"])
     if (proxy_cfg.imaps or proxy_cfg.pop3s) and not (proxy_cfg.tls_cert and proxy_cfg.tls_key):
         raise ConfigError("[proxy] imaps/pop3s listeners need tls_cert and tls_key")
+    for key in ("max_connections", "max_connections_per_address", "login_timeout", "send_timeout", "relay_send_timeout"):
+        if getattr(proxy_cfg, key) <= 0:
+            raise ConfigError(f"[proxy] {key} must be a positive number")
 
     m = dict(sections["migration"])
     if "domains" in m:

@@ -200,6 +200,15 @@ class Service:
             await trio.sleep(PROJECTION_POLL)
 
 
+def proxy_limits(config: Config) -> ProxyLimits:
+    """The proxy's connection limits as configured in `[proxy]`."""
+    p = config.proxy
+    return ProxyLimits(
+        max_connections=p.max_connections, max_connections_per_address=p.max_connections_per_address,
+        login_timeout=p.login_timeout, send_timeout=p.send_timeout, relay_send_timeout=p.relay_send_timeout,
+    )
+
+
 def build_service(config: Config, app: MigrationService, limits: ProxyLimits | None = None,
                   throttle: LoginThrottle | None = None) -> Service:
     """Wire the proxy, router, workers and copier from `config`."""
@@ -254,7 +263,7 @@ def build_service(config: Config, app: MigrationService, limits: ProxyLimits | N
     p = config.proxy
     context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls_cert and p.tls_key else None
     proxy = LoginProxy(
-        router, throttle or LoginThrottle(), context, limits or ProxyLimits(), p.require_tls_for_login
+        router, throttle or LoginThrottle(), context, limits or proxy_limits(config), p.require_tls_for_login
     )
     credentials: CredentialSource = StoredCredentials(config, flow.vault)
     views = MigrationViews(app, log_file=m.log_file)

@@ -45,7 +45,7 @@ async def exchange(make_pair) -> tuple[bytes, bytes]:
 
     async def proxy() -> None:
         try:
-            await relay(user_side, session)
+            await relay(user_side, session, b"", send_timeout=60)
         finally:
             await user_side.aclose()  # as the proxy's connection handler does
 
@@ -93,7 +93,7 @@ async def test_tcp_relay_keeps_relaying_after_a_quiet_spell_gives_the_large_buff
 
     async def proxy() -> None:
         try:
-            await relay(user_side, BackendSession(stream=backend_side))
+            await relay(user_side, BackendSession(stream=backend_side), b"", send_timeout=60)
         finally:
             await user_side.aclose()
 
