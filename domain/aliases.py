@@ -8,6 +8,10 @@ Evidence of "delivered to this account": an envelope header (Delivered-To,
 X-Envelope-To when enabled), or a To/Cc address when it is the only address of
 the account's domain on that message (otherwise a colleague on the same
 message could be taken for an alias).
+
+Headers are written by whoever sent the mail, so a found address is only a
+candidate: `decide_alias` applies it only when it is a plain address of a
+migrated domain, not an account and not mapped yet; the rest go to the admin.
 """
 
 from __future__ import annotations
