@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 _BLANKS = re.compile(r"[ \t]+")
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 
 class AliasMap:
@@ -50,14 +49,14 @@ class AliasMap:
     def _read(self) -> str:
         if not self.path.exists():
             return ""
-        with open(self.path, **_ENCODING) as f:  # type: ignore[call-overload]
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             return f.read()
 
     def _replace(self, text: str) -> None:
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o644
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
-            with os.fdopen(fd, "w", **_ENCODING) as f:  # type: ignore[call-overload]
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())

@@ -250,7 +250,8 @@ def test_header_injected_aliases_are_reported_and_never_applied(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alias_map = tmp_path / "virtual"
-    before = "# kept as it is\x85 even this\nceo@example.com  chief@example.com\n".encode()
+    before = ("# kept as it is\x85 even this\n"
+              "ceo@example.com  chief@example.com\nboard@example.com  chief@example.com\n").encode()
     alias_map.write_bytes(before)
     log_file = tmp_path / "migration.log"
     config = config_file(tmp_path, old_server, new_server, target=f'alias_map = "{alias_map}"\n',
@@ -270,7 +271,10 @@ def test_header_injected_aliases_are_reported_and_never_applied(
     mail = [testbed.make_message(f"{login}-{i}", to=["list@lists.example"], headers={"Delivered-To": "PLACEHOLDER"})
             .replace(b"PLACEHOLDER", value) for i, value in enumerate(injected)]
     testbed.seed_bulk(old_server, login, "INBOX", mail)
-    code, out, err = migrate(capsys, monkeypatch, config, login, password)
+    # The admin's own alias for the account goes through the same check.
+    bulk = tmp_path / "one.txt"
+    bulk.write_text(f"{login}:{password}:board@example.com\n")
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "migrate", "--bulk", str(bulk))
     assert code == 0, out + err
 
     assert alias_map.read_bytes() == before + f"sales@example.com  {login}\n".encode()
@@ -281,9 +285,10 @@ def test_header_injected_aliases_are_reported_and_never_applied(
     conflicts = {c["address"]: c["reason"] for c in shown["alias_conflicts"]}
     assert conflicts["ceo@example.com"] == "already mapped to chief@example.com"
     assert conflicts[colleague] == "is an account"
+    assert conflicts["board@example.com"] == "already mapped to chief@example.com"
     assert conflicts["a\\x1cb@example.com"] == "not a plain address"
     unplain = [a for a, reason in conflicts.items() if reason == "not a plain address"]
-    assert len(unplain) == len(conflicts) - 2 >= 3
+    assert len(unplain) == len(conflicts) - 3 >= 3
     assert all(a.isascii() and a.isprintable() for a in unplain)
     code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login)
     assert code == 0 and "alias not applied:" in out and "ceo@example.com (already mapped to chief@example.com)" in out
