@@ -117,6 +117,11 @@ class AliasDecision:
     reason: str = ""
 
 
+def mapped_elsewhere(address: str, mapped_to: str) -> AliasDecision:
+    """The conflict of an alias that the map already sends to `mapped_to`."""
+    return AliasDecision(address, "conflict", f"already mapped to {shown_address(mapped_to)}")
+
+
 def decide_alias(
     address: str,
     account: str,
@@ -138,7 +143,7 @@ def decide_alias(
     if mapped_to is not None:
         if mapped_to.lower() == account:
             return AliasDecision(address, "present")
-        return AliasDecision(address, "conflict", f"already mapped to {shown_address(mapped_to)}")
+        return mapped_elsewhere(address, mapped_to)
     if address == account or address in accounts:
         return AliasDecision(address, "conflict", "is an account")
     return AliasDecision(address, "apply")

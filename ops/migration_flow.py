@@ -37,7 +37,7 @@ from mailmigrator.adapters.provisioning import (
 )
 from mailmigrator.adapters.recipient_headers import inbox_recipient_headers
 from mailmigrator.adapters.vault import CredentialVault, VaultError, load_or_create_key
-from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, shown_address
+from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, mapped_elsewhere
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound, DomainError
 from mailmigrator.domain.logins import domain_part
@@ -278,8 +278,8 @@ class MigrationFlow:
                      for a in candidates]
         wanted = [d.address for d in decisions if d.action == "apply"]
         refused = await trio.to_thread.run_sync(alias_map.add, login, wanted) if alias_map is not None else {}
-        rejected = [{"address": d.address, "reason": d.reason} for d in decisions if d.action == "conflict"]
-        rejected += [{"address": a, "reason": f"already mapped to {shown_address(to)}"} for a, to in refused.items()]
+        conflicts = [d for d in decisions if d.action == "conflict"] + [mapped_elsewhere(*r) for r in refused.items()]
+        rejected = [{"address": d.address, "reason": d.reason} for d in conflicts]
         kept = sorted(d.address for d in decisions if d.action != "conflict" and d.address not in refused)
         return kept, sorted(rejected, key=lambda r: r["address"])
 
