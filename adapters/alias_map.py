@@ -1,47 +1,62 @@
-"""The alias map: Postfix virtual format (`alias@domain  account@domain`), rewritten atomically."""
+"""The alias map: Postfix virtual format (`alias@domain  account@domain`), rewritten atomically.
+
+Lines are split on `\\n` only, as postmap(1) reads them: `str.splitlines()` would also split on
+`\\x1c`, `\\x85` or `\\u2028` and turn one line into two. The bytes are kept as they are
+(surrogateescape), so a line this code does not understand survives every rewrite.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 
+_BLANKS = re.compile(r"[ \t]+")
+
 
 class AliasMap:
-    """One Postfix virtual file; our entries are merged in, other lines are kept as they are."""
+    """One Postfix virtual file; our entries are appended, existing lines are never changed or removed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def add(self, account: str, aliases: list[str]) -> None:
-        """Map each alias to `account`; an alias already mapped elsewhere is remapped."""
+    def add(self, account: str, aliases: list[str]) -> dict[str, str]:
+        """Map each alias not yet in the file to `account`; returns the ones already mapped elsewhere, and to whom.
+
+        An alias already mapped to `account` is left as it is.
+        """
         if not aliases:
-            return
-        wanted = {a.lower(): account for a in aliases}
+            return {}
         lock_path = self.path.with_name(self.path.name + ".lock")
         with open(lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            lines = self.path.read_text().splitlines() if self.path.exists() else []
-            kept = [line for line in lines if _alias_of(line) not in wanted]
-            kept += [f"{alias}  {target}" for alias, target in sorted(wanted.items())]
-            self._replace("".join(line + "\n" for line in kept))
+            text = self._read()
+            current = _entries(text)
+            refused = {a: current[a] for a in aliases if a in current and current[a].lower() != account}
+            added = sorted({a for a in aliases if a not in current})
+            if added:
+                if text and not text.endswith("\n"):
+                    text += "\n"
+                self._replace(text + "".join(f"{alias}  {account}\n" for alias in added))
+            return refused
 
     def entries(self) -> dict[str, str]:
+        """Every mapped key (lower-cased) and its first target."""
+        return _entries(self._read())
+
+    def _read(self) -> str:
         if not self.path.exists():
-            return {}
-        out = {}
-        for line in self.path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and not line.lstrip().startswith("#"):
-                out[parts[0].lower()] = parts[1]
-        return out
+            return ""
+        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
 
     def _replace(self, text: str) -> None:
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o644
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -52,8 +67,14 @@ class AliasMap:
             raise
 
 
-def _alias_of(line: str) -> str | None:
-    if line.lstrip().startswith("#"):
-        return None
-    parts = line.split()
-    return parts[0].lower() if parts else None
+def _entries(text: str) -> dict[str, str]:
+    # postmap(1): a line starting with whitespace continues the previous one; `#` starts a comment;
+    # fields are separated by ASCII blanks only (str.split() would also split on \x1c or \x85).
+    out: dict[str, str] = {}
+    for line in text.split("\n"):
+        fields = _BLANKS.split(line.rstrip("\r"))
+        if not fields[0] or fields[0].startswith("#"):
+            continue
+        target = fields[1].rstrip(",") if len(fields) > 1 else ""
+        out.setdefault(fields[0].lower(), target)
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -125,11 +125,21 @@ class MigrationService(Application[UUID]):
         self.update_account(login, lambda a: a.reject_password(reason), register=True)
 
     def record_account_created(
-        self, login: str, target_login: str, aliases: list[str], provisioner: str
+        self,
+        login: str,
+        target_login: str,
+        aliases: list[str],
+        provisioner: str,
+        rejected_aliases: Sequence[Mapping[str, str]] = (),
     ) -> None:
-        self.update_account(
-            login, lambda a: a.create_account(target_login, aliases, provisioner)
-        )
+        """Record the account's creation with the aliases it got and, saved with it, those it did not."""
+
+        def create(account: AccountMigration) -> None:
+            account.create_account(target_login, aliases, provisioner)
+            if rejected_aliases:
+                account.reject_aliases([{"address": r["address"], "reason": r["reason"]} for r in rejected_aliases])
+
+        self.update_account(login, create)
 
     def record_migration_started(
         self,

@@ -64,6 +64,10 @@ class AccountMigration(Aggregate):
         aliases: list[str]
         provisioner: str
 
+    class AliasesRejected(Aggregate.Event):
+        # Each {"address", "reason"}: an alias not applied, left for the admin to decide.
+        aliases: list[dict[str, str]]
+
     class MigrationStarted(_LeaseEvent):
         folders: list[dict[str, Any]]
         total_messages: int
@@ -143,6 +147,7 @@ class AccountMigration(Aggregate):
         self.state = "seen"
         self.target_login: str | None = None
         self.aliases: list[str] = []
+        self.rejected_aliases: list[dict[str, str]] = []
         self.folders: dict[str, dict[str, Any]] = {}
         self.attempts = 0
         self.last_error: str | None = None
@@ -229,6 +234,11 @@ class AccountMigration(Aggregate):
         self._advance("AccountCreated")
         self.target_login = target_login
         self.aliases = list(aliases)
+
+    @event(AliasesRejected)
+    def reject_aliases(self, aliases: list[dict[str, str]]) -> None:
+        self._advance("AliasesRejected")
+        self.rejected_aliases += [dict(a) for a in aliases]
 
     @event(MigrationStarted)
     def start_migration(

@@ -27,6 +27,7 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     },
     "created": {
         "LoginSeen": "created",
+        "AliasesRejected": "created",
         "PasswordRejected": "created",
         "PasswordVerified": "created",
         "MigrationStarted": "copying",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mailmigrator.domain.aliases import is_strict_address
 from mailmigrator.domain.errors import InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 
@@ -58,11 +59,9 @@ def parse_bulk(text: str, primary_domain: str) -> tuple[list[BulkEntry], list[Bu
         except InvalidLogin as e:
             problems.append(BulkProblem(number, str(e)))
             continue
-        if alias is not None:
-            local, _, domain = alias.partition("@")
-            if not local or "." not in domain or "@" in domain:
-                problems.append(BulkProblem(number, "bad alias: write alias@domain"))
-                continue
+        if alias is not None and not is_strict_address(alias):
+            problems.append(BulkProblem(number, "bad alias: write a plain alias@domain (ASCII, no spaces)"))
+            continue
         if login in seen:
             problems.append(BulkProblem(number, f"{login} already given on line {seen[login]}"))
             continue

@@ -197,6 +197,8 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key + ':':24} {'-' if value is None else value}")
+    for conflict in doc.get("alias_conflicts", []):
+        print(f"{'alias not applied:':24} {conflict['address']} ({conflict['reason']})")
     if doc["folders"]:
         print(f"{'FOLDER':30} {'TARGET':30} {'MESSAGES':>9} {'SIZE':>10} {'SKIPPED':>7} DONE")
         for name, folder in sorted(doc["folders"].items()):

@@ -37,9 +37,10 @@ from mailmigrator.adapters.provisioning import (
 )
 from mailmigrator.adapters.recipient_headers import inbox_recipient_headers
 from mailmigrator.adapters.vault import CredentialVault, VaultError, load_or_create_key
-from mailmigrator.domain.aliases import discover_aliases
+from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, mapped_elsewhere
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound, DomainError
+from mailmigrator.domain.logins import domain_part
 from mailmigrator.ops.config import Config, ConfigError, TargetConfig
 from mailmigrator.ops.copying import (
     MigrationRefused,
@@ -241,15 +242,44 @@ class MigrationFlow:
                 else:
                     await trio.to_thread.run_sync(provisioner.create, login, password)
             if not account.created:
-                aliases = sorted(set(await self._discover_aliases(login, credentials)) | {a.lower() for a in extra})
+                candidates = sorted(set(await self._discover_aliases(login, credentials)) | {a.lower() for a in extra})
+                aliases, rejected = await self._apply_aliases(login, candidates)
                 await self._call(self.app.record_account_created, login, login, aliases,
-                                 provisioner.name if provisioner else "existing")
-                if aliases and self.config.target is not None and self.config.target.alias_map is not None:
-                    await trio.to_thread.run_sync(AliasMap(self.config.target.alias_map).add, login, aliases)
+                                 provisioner.name if provisioner else "existing", rejected)
                 log.info("account created", login=login, aliases=aliases)
+                for conflict in rejected:
+                    log.warning("alias not applied", login=login, alias=conflict["address"], reason=conflict["reason"])
             if provisioner is not None and provisioner.settle_seconds > 0:
                 await self._wait_until_visible(login, provisioner.settle_seconds)
         self._creating.pop(login, None)
+
+    async def _apply_aliases(self, login: str, candidates: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+        """Write the aliases `decide_alias` allows into the alias map: (the account's aliases, the refused ones).
+
+        The map file is read again under its lock when written, so a line added meanwhile is refused too.
+        """
+        if not candidates:
+            return [], []
+        target = self.config.target
+        alias_map = AliasMap(target.alias_map) if target is not None and target.alias_map is not None else None
+        m = self.config.migration
+        domains = {d for d in (m.primary_domain, *m.domains.values(), domain_part(login)) if d}
+
+        def is_account(address: str) -> bool:
+            if self.app.has_account(address):
+                return True
+            return self.provisioner is not None and self.provisioner.exists(address)
+
+        mapped = await trio.to_thread.run_sync(alias_map.entries) if alias_map is not None else {}
+        accounts = {a for a in candidates if is_strict_address(a) and await self._call(is_account, a)}
+        decisions = [decide_alias(a, login, migrated_domains=domains, accounts=accounts, alias_map=mapped)
+                     for a in candidates]
+        wanted = [d.address for d in decisions if d.action == "apply"]
+        refused = await trio.to_thread.run_sync(alias_map.add, login, wanted) if alias_map is not None else {}
+        conflicts = [d for d in decisions if d.action == "conflict"] + [mapped_elsewhere(*r) for r in refused.items()]
+        rejected = [{"address": d.address, "reason": d.reason} for d in conflicts]
+        kept = sorted(d.address for d in decisions if d.action != "conflict" and d.address not in refused)
+        return kept, sorted(rejected, key=lambda r: r["address"])
 
     async def _discover_aliases(self, login: str, credentials: Credentials) -> list[str]:
         m = self.config.migration

@@ -24,7 +24,11 @@ def record_sample_accounts(app: MigrationService, first: int, count: int, checkp
         if n % 5 == 0:
             app.record_password_rejected(login, "authentication failed")
         app.record_password_verified(login, "imap-login")
-        app.record_account_created(login, login, [], "passwd-file")
+        if n % 3 == 0:
+            app.record_account_created(login, login, [f"alias{n}@example.com"], "passwd-file",
+                                       [{"address": "ceo@example.com", "reason": "already mapped to chief@example.com"}])
+        else:
+            app.record_account_created(login, login, [], "passwd-file")
         plan = [{"source": f, "target": f, "messages": 10 * checkpoints, "bytes": 20_000} for f in FOLDERS]
         app.record_migration_started(login, plan, len(plan) * 10 * checkpoints, len(plan) * 20_000)
         if n % 7 == 0:

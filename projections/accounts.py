@@ -25,6 +25,7 @@ def new_account_doc(login: str, at: str) -> dict[str, Any]:
         "locked": False,
         "target_login": None,
         "aliases": [],
+        "alias_conflicts": [],
         "folders": {},
         "messages": 0,
         "bytes": 0,
@@ -77,6 +78,8 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
         doc["state"] = "created"
         doc["target_login"] = event.target_login
         doc["aliases"] = list(event.aliases)
+    elif name == "AliasesRejected":
+        doc["alias_conflicts"] = doc.get("alias_conflicts", []) + [dict(a) for a in event.aliases]
     elif name == "MigrationStarted":
         doc["state"] = "copying"
         doc["started_at"] = doc["started_at"] or at

@@ -38,6 +38,10 @@ def account_lines(event: Any, doc: dict[str, Any]) -> list[str]:
     elif name == "AccountCreated":
         aliases = f", aliases {', '.join(event.aliases)}" if event.aliases else ""
         text.append(f"account created on the new server as {event.target_login} ({event.provisioner}){aliases}")
+    elif name == "AliasesRejected":
+        for alias in event.aliases:
+            text.append(f"alias {alias['address']} NOT applied: {alias['reason']}; "
+                        "add it to the alias map by hand if it belongs to this account")
     elif name == "MigrationStarted":
         verb = "copy started" if event.attempt == 1 else f"copy resumed (attempt {event.attempt})"
         text.append(

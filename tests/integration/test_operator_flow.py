@@ -10,9 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import trio
 
+from console_fixtures import open_wired, serve_console
 from copy_testbed import message_count, run_cli, secret_file
 from mailmigrator.ops import testbed
+from mailmigrator.ops.config import Config, load_config
 
 pytestmark = pytest.mark.dovecot
 
@@ -240,3 +243,73 @@ def test_access_modes_record_aliases_and_write_the_alias_map(
     lines = alias_map.read_text().splitlines()
     assert lines[:2] == ["# kept as it is", "postmaster@example.com  root@example.com"]
     assert sorted(lines[2:]) == [f"{alias}  {login}" for alias in expected]
+
+
+def test_header_injected_aliases_are_reported_and_never_applied(
+    old_server: testbed.DovecotServer, new_server: testbed.DovecotServer, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alias_map = tmp_path / "virtual"
+    before = ("# kept as it is\x85 even this\n"
+              "ceo@example.com  chief@example.com\nboard@example.com  chief@example.com\n").encode()
+    alias_map.write_bytes(before)
+    log_file = tmp_path / "migration.log"
+    config = config_file(tmp_path, old_server, new_server, target=f'alias_map = "{alias_map}"\n',
+                         migration=f'access_mode = "extended"\nlog_file = "{log_file}"\n')
+    colleague = f"colleague-{secrets.token_hex(3)}@example.com"
+    new_server.add_user(colleague, secrets.token_urlsafe(10))
+    login, password = account(old_server, messages=0)
+    injected = [
+        b"ceo@example.com",
+        colleague.encode(),
+        b"a\x1cb@example.com",
+        b"<ceo\x85@example.com>",
+        b"x\xe2\x80\xa8ceo@example.com",
+        b"x@outside.example\x85y@example.com",
+        b"sales@example.com",
+    ]
+    mail = [testbed.make_message(f"{login}-{i}", to=["list@lists.example"], headers={"Delivered-To": "PLACEHOLDER"})
+            .replace(b"PLACEHOLDER", value) for i, value in enumerate(injected)]
+    testbed.seed_bulk(old_server, login, "INBOX", mail)
+    # The admin's own alias for the account goes through the same check.
+    bulk = tmp_path / "one.txt"
+    bulk.write_text(f"{login}:{password}:board@example.com\n")
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "migrate", "--bulk", str(bulk))
+    assert code == 0, out + err
+
+    assert alias_map.read_bytes() == before + f"sales@example.com  {login}\n".encode()
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["aliases"] == ["sales@example.com"]
+    conflicts = {c["address"]: c["reason"] for c in shown["alias_conflicts"]}
+    assert conflicts["ceo@example.com"] == "already mapped to chief@example.com"
+    assert conflicts[colleague] == "is an account"
+    assert conflicts["board@example.com"] == "already mapped to chief@example.com"
+    assert conflicts["a\\x1cb@example.com"] == "not a plain address"
+    unplain = [a for a, reason in conflicts.items() if reason == "not a plain address"]
+    assert len(unplain) == len(conflicts) - 3 >= 3
+    assert all(a.isascii() and a.isprintable() for a in unplain)
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login)
+    assert code == 0 and "alias not applied:" in out and "ceo@example.com (already mapped to chief@example.com)" in out
+
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "log")
+    assert code == 0, err
+    refused = [line for line in out.splitlines() if "NOT applied" in line]
+    assert len(refused) == len(conflicts)
+    assert any("alias ceo@example.com NOT applied: already mapped to chief@example.com" in line for line in refused)
+    assert "alias ceo@example.com NOT applied" in log_file.read_text()
+
+    detail = trio.run(console_account_detail, load_config(config), login)
+    assert detail["alias_conflicts"] == shown["alias_conflicts"]
+
+
+async def console_account_detail(config: Config, login: str) -> dict:
+    wired = open_wired(config)
+    try:
+        async with serve_console(config, wired) as running, running.logged_in() as (client, _):
+            response = await client.get(f"/api/accounts/{login}")
+            assert response.status_code == 200, response.text
+            return response.json()
+    finally:
+        wired.close()

@@ -69,6 +69,9 @@ def test_replay_rebuilds_exactly_the_live_views(tmp_path: Path, store_url: str) 
     assert live["accounts"][0]["messages"] == 5 * 20
     assert live_file.splitlines() == live["log"]
     assert any("migration FAILED: connection reset" in line for line in live["log"])
+    assert live["accounts"][0]["alias_conflicts"] == [
+        {"address": "ceo@example.com", "reason": "already mapped to chief@example.com"}]
+    assert any("alias ceo@example.com NOT applied" in line for line in live["log"])
 
     replayed = views.replay()
     assert replayed == app.recorder.max_notification_id()

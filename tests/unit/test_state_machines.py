@@ -22,6 +22,7 @@ ACCOUNT_COMMANDS: dict[str, Callable[[AccountMigration], None]] = {
     "PasswordVerified": lambda a: a.verify_password("imap-login"),
     "PasswordRejected": lambda a: a.reject_password("authentication failed"),
     "AccountCreated": lambda a: a.create_account(a.login, [], "passwd-file"),
+    "AliasesRejected": lambda a: a.reject_aliases([{"address": "ceo@example.com", "reason": "is an account"}]),
     "MigrationStarted": lambda a: a.start_migration([{"source": "INBOX"}], 3, 300, a.attempts + 1),
     "FolderCopied": lambda a: a.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True),
     "MigrationCompleted": lambda a: a.complete_migration(3, 300, 1, 1.5, False),

@@ -233,6 +233,9 @@ async function loadDetail() {
     else if (value === null || value === undefined) value = "—";
     summary.appendChild(row([el("th", key.replace(/_/g, " ")), td(key.endsWith("_at") || key === "first_seen" ? when(value) || "—" : value)]));
   }
+  for (const conflict of doc.alias_conflicts || []) {
+    summary.appendChild(row([el("th", "alias not applied"), td(`${conflict.address} (${conflict.reason})`)]));
+  }
   const folders = $("folders-body");
   folders.replaceChildren();
   for (const [name, f] of Object.entries(doc.folders).sort()) {
