@@ -133,7 +133,12 @@ class PasswdFileProvisioner:
             return []
         except OSError as e:
             raise ProvisioningError(f"cannot read {self.path}: {e.strerror}") from None
-        return [line if line.endswith("\n") else line + "\n" for line in text.splitlines(keepends=True)]
+        # Split on "\n" only, as Dovecot reads the file: str.splitlines() would also split
+        # on characters such as U+0085 or U+2028 inside a line and rewrite it as two.
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        return [line + "\n" for line in lines]
 
     def _write(self, lines: list[str]) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 from mailmigrator.domain.errors import InvalidLogin
@@ -32,9 +33,15 @@ def normalise_login(raw: str, primary_domain: str) -> str:
     local, _, domain = login.rpartition("@")
     if not local or not domain or "@" in local:
         raise InvalidLogin(f"login {login!r} is not of the form user@domain")
-    if _FORBIDDEN.intersection(login):
+    if _FORBIDDEN.intersection(login) or any(_is_separator_or_control(c) for c in login):
         raise InvalidLogin(f"login {login!r} contains a character logins may not have")
     return login
+
+
+def _is_separator_or_control(char: str) -> bool:
+    # Control characters and Unicode line/paragraph/space separators would split or
+    # disguise a line in the passwd-file, the alias map or a log.
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Zs")
 
 
 def account_id(login: str) -> uuid.UUID:

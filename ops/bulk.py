@@ -35,7 +35,7 @@ def parse_bulk(text: str, primary_domain: str) -> tuple[list[BulkEntry], list[Bu
     entries: list[BulkEntry] = []
     problems: list[BulkProblem] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.rstrip("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -71,3 +71,14 @@ def test_postgres_users_table(pg_database: str) -> None:
     assert sha512_crypt.verify("changed", password.removeprefix("{SHA512-CRYPT}"))
     with pytest.raises(ProvisioningError):
         PostgresUsersProvisioner(url, "users; drop table x")
+
+
+def test_passwd_file_lines_are_split_on_newline_only(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    foreign = "other@example.com:{PLAIN}x:::comment with \x85 and \u2028 inside\n\n"
+    path.write_text(foreign, encoding="utf-8")
+    PasswdFileProvisioner(path, "SHA256-CRYPT").create("a@example.com", "one")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(foreign)
+    assert text.count("\n") == 3
+

@@ -34,3 +34,12 @@ def test_good_and_bad_lines() -> None:
     assert "already given on line 2" in by_line[10]
     assert all("secret" not in p and "pw" not in p for p in by_line.values())
     assert "secret1" not in repr(entries[0])
+
+
+def test_a_password_with_unicode_line_separators_stays_on_its_line() -> None:
+    entries, problems = parse_bulk("amy:pa\u2028ss\x85word\x1c!\nbob:two\n", "example.com")
+    assert problems == []
+    assert [(e.line, e.login, e.password) for e in entries] == [
+        (1, "amy@example.com", "pa\u2028ss\x85word\x1c!"),
+        (2, "bob@example.com", "two"),
+    ]
