@@ -173,16 +173,36 @@ def test_error_kinds_map_to_imap_and_pop3() -> None:
 def test_throttle_per_login_and_per_address_with_window() -> None:
     now = [0.0]
     throttle = LoginThrottle(max_per_login=3, max_per_address=5, window_seconds=60, clock=lambda: now[0])
+
+    def fail(login: str, address: str) -> None:
+        attempt = throttle.begin([login], address)
+        assert attempt is not None
+        attempt.failed()
+
     for _ in range(3):
-        assert throttle.allowed("alice", "10.0.0.1")
-        throttle.failed("alice", "10.0.0.1")
-    assert not throttle.allowed("alice", "10.0.0.2")  # per login, from anywhere
-    assert throttle.allowed("bob", "10.0.0.1")
-    throttle.failed("bob", "10.0.0.1")
-    throttle.failed("carol", "10.0.0.1")
-    assert not throttle.allowed("dave", "10.0.0.1")  # per address: 5 failures
+        fail("alice", "10.0.0.1")
+    assert throttle.begin(["alice"], "10.0.0.2") is None  # per login, from anywhere
+    assert throttle.refusal(["bob", "alice"], "10.0.0.2") == "login"  # any of its names
+    fail("bob", "10.0.0.1")
+    fail("carol", "10.0.0.1")
+    assert throttle.refusal(["dave"], "10.0.0.1") == "address"  # per address: 5 failures
     now[0] = 61.0
-    assert throttle.allowed("alice", "10.0.0.1") and throttle.allowed("dave", "10.0.0.1")
-    throttle.failed("erin", "10.0.0.3")
-    throttle.succeeded("erin")
-    assert throttle.allowed("erin", "10.0.0.3")
+    assert throttle.refusal(["alice"], "10.0.0.1") is None and throttle.refusal(["dave"], "10.0.0.1") is None
+    fail("erin", "10.0.0.3")
+    attempt = throttle.begin(["erin"], "10.0.0.3")
+    assert attempt is not None
+    attempt.succeeded()
+    assert throttle.logins.used("erin") == 0
+
+
+def test_throttle_counts_attempts_in_flight() -> None:
+    throttle = LoginThrottle(max_per_login=3, max_per_address=50, max_in_flight_per_address=4)
+    running = [throttle.begin(["alice"], f"10.0.0.{n}") for n in range(10)]
+    assert sum(a is not None for a in running) == 3  # parallel attempts use the budget before any ends
+    for attempt in running:
+        if attempt is not None:
+            attempt.release()  # the backend was unavailable: nothing counted
+    assert throttle.logins.used("alice") == 0
+    many = [throttle.begin([f"user{n}"], "10.0.0.9") for n in range(10)]
+    assert sum(a is not None for a in many) == 4
+    assert throttle.refusal(["other"], "10.0.0.9") == "in-flight"
