@@ -166,12 +166,11 @@ class LoginProxy:
     ) -> Routed:
         """Reserve a throttle slot, then route; raises `ProtocolError` for the client."""
         keys = self.router.throttle_keys(raw_login, local_address)
-        attempt = self.throttle.begin(keys, client_address)
-        if attempt is None:
-            reason = self.throttle.refusal(keys, client_address)
-            log.warning("login throttled", login=keys[0], client=client_address, reason=reason)
+        attempt = await self.throttle.begin(keys, client_address)
+        if isinstance(attempt, str):
+            log.warning("login throttled", login=keys[0], client=client_address, reason=attempt)
             await trio.sleep(self.limits.failure_delay)
-            if reason == "in-flight":
+            if attempt == "in-flight":
                 raise ServerError("Too many logins in progress from your address, try again later.", "UNAVAILABLE", "IN-USE")
             raise ServerError("Too many failed logins, try again later.", "UNAVAILABLE", "IN-USE")
         try:

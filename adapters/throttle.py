@@ -2,9 +2,10 @@
 
 So that the proxy cannot be used to brute-force the old server: an attempt
 reserves its slot before any backend is asked, so parallel attempts count
-as much as sequential ones. Once a login or an address has used its budget
-(failures in the window plus attempts still running), further attempts are
-refused without asking any backend until the window has moved on.
+as much as sequential ones. While attempts still running hold the rest of a
+budget, the next one waits for their outcome; once failures alone have used
+a login's or an address's budget, further attempts are refused without
+asking any backend until the window has moved on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import trio
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Attempt:
         for key in self._logins:
             self._throttle.logins.end(key, failed)
         self._throttle.addresses.end(self._address, failed)
+        self._throttle._attempt_ended()
 
 
 @dataclass
@@ -100,30 +104,54 @@ class LoginThrottle:
     max_per_address: int = 20
     window_seconds: float = 300.0
     max_in_flight_per_address: int = 10
+    max_wait_seconds: float = 30.0
     clock: Callable[[], float] = time.monotonic
     logins: FailureWindow = field(init=False)
     addresses: FailureWindow = field(init=False)
+    _ended: trio.Event = field(init=False)
 
     def __post_init__(self) -> None:
         self.logins = FailureWindow(self.window_seconds, self.clock)
         self.addresses = FailureWindow(self.window_seconds, self.clock)
+        self._ended = trio.Event()
 
     def refusal(self, logins: Iterable[str], address: str) -> str | None:
-        """Why an attempt may not start now ("login", "address", "in-flight"), or None."""
-        if self.addresses.in_flight(address) >= self.max_in_flight_per_address:
-            return "in-flight"
-        if self.addresses.used(address) >= self.max_per_address:
+        """Why an attempt may not start: "login" or "address" (failures used the budget), None when it may."""
+        if self.addresses.failures(address) >= self.max_per_address:
             return "address"
-        if any(self.logins.used(key) >= self.max_per_login for key in set(logins)):
+        if any(self.logins.failures(key) >= self.max_per_login for key in set(logins)):
             return "login"
         return None
 
-    def begin(self, logins: Iterable[str], address: str) -> Attempt | None:
-        """Reserve a slot for an attempt under every key in `logins` from `address`; None when refused."""
+    def _full(self, logins: tuple[str, ...], address: str) -> bool:
+        """Whether attempts still running hold the rest of a budget (their outcome decides)."""
+        return (
+            self.addresses.in_flight(address) >= self.max_in_flight_per_address
+            or self.addresses.used(address) >= self.max_per_address
+            or any(self.logins.used(key) >= self.max_per_login for key in logins)
+        )
+
+    async def begin(self, logins: Iterable[str], address: str) -> Attempt | str:
+        """Reserve a slot for an attempt under every key in `logins` from `address`, or say why not.
+
+        While attempts in flight hold the budget, wait (at most `max_wait_seconds`)
+        for them to end: a right password frees its slot, a wrong one keeps it.
+        The answer is an `Attempt`, or "login" / "address" / "in-flight".
+        """
         keys = tuple(dict.fromkeys(logins))
-        if self.refusal(keys, address) is not None:
-            return None
-        for key in keys:
-            self.logins.reserve(key)
-        self.addresses.reserve(address)
-        return Attempt(self, keys, address)
+        with trio.move_on_after(self.max_wait_seconds):
+            while True:
+                refused = self.refusal(keys, address)
+                if refused is not None:
+                    return refused
+                if not self._full(keys, address):
+                    for key in keys:
+                        self.logins.reserve(key)
+                    self.addresses.reserve(address)
+                    return Attempt(self, keys, address)
+                await self._ended.wait()
+        return "in-flight"
+
+    def _attempt_ended(self) -> None:
+        self._ended.set()
+        self._ended = trio.Event()

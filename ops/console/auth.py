@@ -152,10 +152,10 @@ class AdminThrottle:
         max_per_login=20, max_per_address=5, window_seconds=300.0, max_in_flight_per_address=5))
     _known_good: dict[str, None] = field(default_factory=dict)
 
-    def begin(self, address: str) -> Attempt | None:
-        """Reserve a slot for one password check from `address`; None when refused."""
+    async def begin(self, address: str) -> Attempt | str:
+        """Reserve a slot for one password check from `address`, or say why not (see `LoginThrottle.begin`)."""
         in_all = () if self.trusted(address) else (ADMIN_LOGIN,)
-        return self.limits.begin(in_all, address)
+        return await self.limits.begin(in_all, address)
 
     def trusted(self, address: str) -> bool:
         return address in LOOPBACK_ADDRESSES or address in self._known_good

@@ -100,8 +100,8 @@ class Console:
             raise HttpError(400, f"{e}; give the login as user@domain") from None
 
     async def check_admin_password(self, client: str, password: str) -> None:
-        attempt = self.throttle.begin(client)
-        if attempt is None:
+        attempt = await self.throttle.begin(client)
+        if isinstance(attempt, str):
             raise HttpError(429, f"too many wrong admin passwords; wait {THROTTLE_RETRY_AFTER // 60} minutes",
                             {"Retry-After": str(THROTTLE_RETRY_AFTER)})
         try:
