@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -23,6 +24,7 @@ from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.mail_connection import describe_error
 from mailmigrator.adapters.protocol_errors import (
     ServerError,
+    UserError,
     authentication_failed,
     migration_in_progress,
 )
@@ -38,6 +40,8 @@ Protocol_ = Literal["imap", "pop3"]
 Destination = Literal["old", "new", "notice"]
 
 SETTLED_STATES = frozenset({"completed", "swept"})
+# A known account's rejected passwords are kept as events at most once per this many seconds per node.
+REJECTION_EVENT_INTERVAL = 3600.0
 
 
 class Backends(Protocol):
@@ -101,6 +105,28 @@ class Routed:
 
 
 @dataclass
+class RejectionCounts:
+    """Rejected passwords that were not kept as events (unknown logins, or inside the rate bound)."""
+
+    unrecorded: int = 0
+    interval_seconds: float = REJECTION_EVENT_INTERVAL
+    clock: Callable[[], float] = time.monotonic
+    _last_recorded: dict[str, float] = field(default_factory=dict)
+
+    def may_record(self, login: str) -> bool:
+        """Whether a rejection of the known account `login` is due to be kept as an event; counts it otherwise."""
+        now = self.clock()
+        last = self._last_recorded.get(login)
+        if last is not None and now - last < self.interval_seconds:
+            self.unrecorded += 1
+            return False
+        if len(self._last_recorded) >= 100_000:
+            self._last_recorded = {k: t for k, t in self._last_recorded.items() if now - t < self.interval_seconds}
+        self._last_recorded[login] = now
+        return True
+
+
+@dataclass
 class LoginRouter:
     """Decides and performs the backend login for one client login."""
 
@@ -116,6 +142,7 @@ class LoginRouter:
     # passwords_only: the shared migration flow (provisioning, vault, post-migrate script),
     # run right at the login; without it only the password is set.
     migrate_now: Callable[[str, Credentials], Awaitable[Any]] | None = None
+    rejections: RejectionCounts = field(default_factory=RejectionCounts)
     _settled: set[str] = field(default_factory=set)
     _password_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
@@ -126,6 +153,15 @@ class LoginRouter:
             return normalise_login(raw_login, domain)
         except InvalidLogin:
             raise authentication_failed() from None
+
+    def throttle_keys(self, raw_login: str, local_address: str) -> tuple[str, ...]:
+        """Every name one attempt counts against: the normalised login and the name the old server is shown."""
+        try:
+            login = self.normalise(raw_login, local_address)
+        except UserError:
+            return ("invalid:" + raw_login.strip().lower()[:256],)
+        # Folded: servers commonly treat user names without regard to case.
+        return ("login:" + login, "old:" + self._source_name(login, raw_login).strip().casefold()[:256])
 
     async def route(
         self,
@@ -153,15 +189,16 @@ class LoginRouter:
                     log.warning("cannot keep the credential for the finish sweep", login=login, error=describe_error(e))
             return routed
         if self.run_state() == "stopped" and state in ("new", "seen"):
+            routed = await self._pass_through(login, raw_login, password, protocol)
             await self.store(self.store.service.record_login, login, protocol, client_address, local_address)
-            return await self._pass_through(login, raw_login, password, protocol)
-        if state in ("new", "seen"):
-            await self.store(self.store.service.record_login, login, protocol, client_address, local_address)
-        elif state != "new":
+            return routed
+        if state not in ("new", "seen"):
             held = self.migrations.credentials_for(login)
             if held is not None and hmac.compare_digest(held.password.encode(), password.encode()):
                 return await self._to_notice(login, protocol)
-        await self._verify(login, raw_login, password, protocol)
+        await self._verify(login, raw_login, password, protocol, known=account is not None)
+        if state in ("new", "seen"):
+            await self.store(self.store.service.record_login, login, protocol, client_address, local_address)
         first = await self.store(self.store.service.record_password_verified, login, f"{self._check_protocol(protocol)}-login")
         if self.settings.passwords_only:
             await self._migrate_password(login, Credentials(self._source_name(login, raw_login), password))
@@ -189,12 +226,16 @@ class LoginRouter:
             return local_part(login)
         return raw_login
 
-    async def _verify(self, login: str, raw_login: str, password: str, protocol: Protocol_) -> None:
+    async def _verify(self, login: str, raw_login: str, password: str, protocol: Protocol_, *, known: bool) -> None:
+        """Check the password on the old server; only a known account's rejection may become an event."""
         check = Credentials(self._source_name(login, raw_login), password)
         try:
             session = await self.backends.old(self._check_protocol(protocol), check)
         except BackendRejected:
-            await self.store(self.store.service.record_password_rejected, login, "old server refused the password")
+            if known and self.rejections.may_record(login):
+                await self.store(self.store.service.record_password_rejected, login, "old server refused the password")
+            elif not known:
+                self.rejections.unrecorded += 1
             raise authentication_failed() from None
         except BackendUnavailable as e:
             log.warning("old server unavailable", login=login, error=str(e))
@@ -206,6 +247,7 @@ class LoginRouter:
         try:
             session = await self.backends.old(protocol, check)
         except BackendRejected:
+            self.rejections.unrecorded += 1
             raise authentication_failed() from None
         except BackendUnavailable as e:
             log.warning("old server unavailable", login=login, error=str(e))

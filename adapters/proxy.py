@@ -248,26 +248,28 @@ class LoginProxy:
     async def login(
         self, raw_login: str, password: str, protocol: Literal["imap", "pop3"], client_address: str, local_address: str
     ) -> Routed:
-        """Throttle, then route; raises `ProtocolError` for the client."""
-        key = _throttle_key(raw_login)
-        if not self.throttle.allowed(key, client_address):
-            log.warning("login throttled", login=key, client=client_address)
+        """Reserve a throttle slot, then route; raises `ProtocolError` for the client."""
+        keys = self.router.throttle_keys(raw_login, local_address)
+        attempt = await self.throttle.begin(keys, client_address)
+        if isinstance(attempt, str):
+            log.warning("login throttled", login=keys[0], client=client_address, reason=attempt)
             await trio.sleep(self.limits.failure_delay)
+            if attempt == "in-flight":
+                raise ServerError("Too many logins in progress from your address, try again later.", "UNAVAILABLE", "IN-USE")
             raise ServerError("Too many failed logins, try again later.", "UNAVAILABLE", "IN-USE")
         try:
             routed = await self.router.route(raw_login, password, protocol, client_address, local_address)
         except UserError:
-            self.throttle.failed(key, client_address)
-            log.info("login failed", login=key, client=client_address, protocol=protocol)
+            attempt.failed()
+            log.info("login failed", login=keys[0], client=client_address, protocol=protocol)
             await trio.sleep(self.limits.failure_delay)
             raise
-        self.throttle.succeeded(key)
+        except BaseException:
+            attempt.release()
+            raise
+        attempt.succeeded()
         log.info("login", login=routed.login, client=client_address, protocol=protocol, destination=routed.destination)
         return routed
-
-
-def _throttle_key(raw_login: str) -> str:
-    return raw_login.strip().lower()[:256]
 
 
 def _address(sockname: object) -> str:

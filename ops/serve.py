@@ -7,6 +7,7 @@ state (`start` / `stop` from another process) is polled every second.
 
 from __future__ import annotations
 
+import functools
 import signal
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
@@ -333,7 +334,8 @@ async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], No
                 # --- admin console (issue 7): page, JSON API and /metrics on [admin] listen ---
                 from mailmigrator.ops.console import run_console
 
-                await nursery.start(run_console, config, wired)
+                await nursery.start(functools.partial(run_console, config, wired,
+                                                      rejections=service.proxy.router.rejections))
                 # --- end admin console ---
     finally:
         wired.close()

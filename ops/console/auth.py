@@ -19,7 +19,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.throttle import Attempt, LoginThrottle
 from mailmigrator.ops.config import ConfigError, read_secret_file
 
 SESSION_IDLE_SECONDS = 30 * 60
@@ -132,6 +132,41 @@ def csrf_matches(session: Session, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(session.csrf_token.encode(), presented.encode())
 
 
-def admin_throttle(clock: Callable[[], float] = time.monotonic) -> LoginThrottle:
-    """Wrong admin passwords: 5 per client address and 20 in all per 5 minutes, then refused."""
-    return LoginThrottle(max_per_login=20, max_per_address=5, window_seconds=300.0, clock=clock)
+# Addresses whose wrong passwords never touch the budget "in all": the console's own host.
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+KNOWN_GOOD_ADDRESSES = 64
+# Each argon2 check holds ~64 MiB; a flood of logins waits here instead of exhausting memory.
+ARGON2_CONCURRENCY = 2
+
+
+@dataclass
+class AdminThrottle:
+    """Wrong admin passwords: 5 per client address and 20 in all per 5 minutes, then refused.
+
+    The budget "in all" binds strangers only: loopback and the last addresses an
+    admin logged in from keep just their own budget of 5, which no other
+    address can use up, so no stranger can lock the admin out.
+    """
+
+    limits: LoginThrottle = field(default_factory=lambda: LoginThrottle(
+        max_per_login=20, max_per_address=5, window_seconds=300.0, max_in_flight_per_address=5))
+    _known_good: dict[str, None] = field(default_factory=dict)
+
+    async def begin(self, address: str) -> Attempt | str:
+        """Reserve a slot for one password check from `address`, or say why not (see `LoginThrottle.begin`)."""
+        in_all = () if self.trusted(address) else (ADMIN_LOGIN,)
+        return await self.limits.begin(in_all, address)
+
+    def trusted(self, address: str) -> bool:
+        return address in LOOPBACK_ADDRESSES or address in self._known_good
+
+    def logged_in(self, address: str) -> None:
+        self._known_good.pop(address, None)
+        self._known_good[address] = None
+        while len(self._known_good) > KNOWN_GOOD_ADDRESSES:
+            del self._known_good[next(iter(self._known_good))]
+
+
+def admin_throttle(clock: Callable[[], float] = time.monotonic) -> AdminThrottle:
+    return AdminThrottle(LoginThrottle(max_per_login=20, max_per_address=5, window_seconds=300.0,
+                                       max_in_flight_per_address=5, clock=clock))

@@ -11,8 +11,12 @@ from mailmigrator.ops.console.queries import Snapshot, state_counts
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second: float) -> str:
-    """Every metric of the run, one family after another."""
+def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second: float,
+                   unrecorded_rejections: int = 0) -> str:
+    """Every metric of the run, one family after another.
+
+    `unrecorded_rejections`: this node's rejected passwords kept only as a count (unknown logins, rate bound).
+    """
     accounts = snap.accounts
     out: list[str] = []
 
@@ -40,9 +44,11 @@ def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second:
     family("mailmigrator_proxy_logins_total", "counter", "Logins the proxy saw for accounts not yet migrated.",
            [({}, sum(d["logins"] for d in accounts))])
     family("mailmigrator_password_checks_total", "counter",
-           "Passwords checked against the old server (proxy logins and manual migrations), by outcome.",
+           "Passwords checked against the old server (proxy logins and manual migrations), by outcome; "
+           "rejections not kept as events are counted since this node started.",
            [({"outcome": "verified"}, sum(d.get("passwords_verified", 0) for d in accounts)),
-            ({"outcome": "rejected"}, sum(d.get("passwords_rejected", 0) for d in accounts))])
+            ({"outcome": "rejected"},
+             sum(d.get("passwords_rejected", 0) for d in accounts) + unrecorded_rejections)])
     family("mailmigrator_failures", "gauge", "Problems now recorded, by kind.", _failures(accounts))
     return "\n".join(out) + "\n"
 

@@ -26,14 +26,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.login_routing import RejectionCounts
 from mailmigrator.domain.errors import AccountNotFound, DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import parse_bulk
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.console.auth import (
-    ADMIN_LOGIN,
+    ARGON2_CONCURRENCY,
     AdminPassword,
+    AdminThrottle,
     Session,
     Sessions,
     admin_throttle,
@@ -84,8 +85,10 @@ class Console:
     admin_password: AdminPassword
     secure_cookies: bool = False
     sessions: Sessions = field(default_factory=Sessions)
-    throttle: LoginThrottle = field(default_factory=admin_throttle)
+    throttle: AdminThrottle = field(default_factory=admin_throttle)
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+    rejections: RejectionCounts = field(default_factory=RejectionCounts)
+    argon2_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(ARGON2_CONCURRENCY))
 
     async def store(self, fn: Callable[[], Any]) -> Any:
         return await trio.to_thread.run_sync(fn, limiter=self.limiter)
@@ -97,15 +100,22 @@ class Console:
             raise HttpError(400, f"{e}; give the login as user@domain") from None
 
     async def check_admin_password(self, client: str, password: str) -> None:
-        if not self.throttle.allowed(ADMIN_LOGIN, client):
+        attempt = await self.throttle.begin(client)
+        if isinstance(attempt, str):
             raise HttpError(429, f"too many wrong admin passwords; wait {THROTTLE_RETRY_AFTER // 60} minutes",
                             {"Retry-After": str(THROTTLE_RETRY_AFTER)})
-        # argon2 is slow on purpose: off the event loop.
-        if not await trio.to_thread.run_sync(self.admin_password.matches, password):
-            self.throttle.failed(ADMIN_LOGIN, client)
+        try:
+            # argon2 is slow on purpose: off the event loop, a few at a time.
+            right = await trio.to_thread.run_sync(self.admin_password.matches, password, limiter=self.argon2_limiter)
+        except BaseException:
+            attempt.release()
+            raise
+        if not right:
+            attempt.failed()
             log.warning("wrong admin password", client=client)
             raise HttpError(401, "wrong admin password")
-        self.throttle.succeeded(ADMIN_LOGIN)
+        attempt.succeeded()
+        self.throttle.logged_in(client)
 
 
 Handler = Callable[[Console, Request], Awaitable[Response]]
@@ -114,12 +124,13 @@ Handler = Callable[[Console, Request], Awaitable[Response]]
 def build_console(
     config: Config, wired: Wired, admin_password: AdminPassword, *,
     manual: ManualMigrations | None = None, sessions: Sessions | None = None,
-    throttle: LoginThrottle | None = None, secure_cookies: bool = False,
+    throttle: AdminThrottle | None = None, secure_cookies: bool = False,
+    rejections: RejectionCounts | None = None,
 ) -> tuple[ASGIApp, Console]:
     """The ASGI app and its state; run `console.manual.run` beside it for manual migrations."""
     console = Console(
         config, ConsoleQueries(config, wired), manual or ManualMigrations(config, wired), admin_password,
-        secure_cookies, sessions or Sessions(), throttle or admin_throttle(),
+        secure_cookies, sessions or Sessions(), throttle or admin_throttle(), rejections=rejections or RejectionCounts(),
     )
 
     def route(path: str, handler: Handler, methods: list[str], *, auth: bool = True, csrf: bool = True) -> Route:
@@ -369,7 +380,7 @@ async def metrics(console: Console, request: Request) -> Response:
     def read() -> str:
         snap = console.queries.snapshot()
         message_rate, byte_rate = console.queries.rate.rates()
-        return render_metrics(snap, message_rate, byte_rate)
+        return render_metrics(snap, message_rate, byte_rate, console.rejections.unrecorded)
 
     return Response(await console.store(read), media_type=CONTENT_TYPE)
 
@@ -390,7 +401,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 
 async def run_console(
-    config: Config, wired: Wired, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    config: Config, wired: Wired, *, rejections: RejectionCounts | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the console on `[admin] listen` until cancelled; reports the bound URLs (empty when disabled)."""
     admin = config.admin
@@ -401,7 +413,7 @@ async def run_console(
         return
     admin_password = await trio.to_thread.run_sync(AdminPassword.from_file, admin.password_file)
     secure = bool(admin.tls_cert and admin.tls_key)
-    app, console = build_console(config, wired, admin_password, secure_cookies=secure)
+    app, console = build_console(config, wired, admin_password, secure_cookies=secure, rejections=rejections)
     async with trio.open_nursery() as nursery:
         await nursery.start(console.manual.run)
         # Starlette's ASGI types and hypercorn's describe the same protocol in different words.

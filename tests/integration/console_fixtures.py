@@ -30,8 +30,10 @@ class RunningConsole:
     wired: Wired
     config: Config
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=10.0)
+    def client(self, source: str | None = None) -> httpx.AsyncClient:
+        """A client connecting from `source` (any 127/8 address) when given."""
+        transport = httpx.AsyncHTTPTransport(local_address=source) if source else None
+        return httpx.AsyncClient(base_url=self.url, timeout=30.0, transport=transport)
 
     @asynccontextmanager
     async def logged_in(self) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:

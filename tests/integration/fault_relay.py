@@ -6,6 +6,9 @@ answered per `overflow`:
 - "bye": Dovecot's greeting-time refusal, `* BYE Maximum number of connections ...`;
 - "unavailable": a greeting, then `NO [UNAVAILABLE]` to every command but CAPABILITY and
   LOGOUT (RFC 5530), as a server whose backend is overloaded answers LOGIN.
+With `delay`, each relayed connection waits that long before reaching the server
+(a slow link: logins through it stay in flight). `accepted` counts the
+connections that reached the server, `peak` the most open at once.
 Runs in threads so that subprocesses and synchronous tests can use it alike.
 """
 
@@ -15,6 +18,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from typing import Literal
 
 Overflow = Literal["reset", "bye", "unavailable"]
@@ -26,12 +30,14 @@ GREETING = b"* OK Dovecot ready.\r\n"
 class FaultRelay:
     """Relays 127.0.0.1:`port` to `upstream`, refusing connections beyond `max_connections`."""
 
-    def __init__(self, upstream: tuple[str, int], max_connections: int, overflow: Overflow = "reset") -> None:
+    def __init__(self, upstream: tuple[str, int], max_connections: int, overflow: Overflow = "reset",
+                 delay: float = 0.0) -> None:
         if not upstream[0].startswith("127.") and upstream[0] != "::1":
             raise ValueError(f"the relay forwards to loopback only, not {upstream[0]}")
         self.upstream = upstream
         self.max_connections = max_connections
         self.overflow = overflow
+        self.delay = delay
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -77,6 +83,8 @@ class FaultRelay:
                 threading.Thread(target=self._refuse, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
+        if self.delay:
+            time.sleep(self.delay)
         try:
             server = socket.create_connection(self.upstream, timeout=10)
             server.settimeout(None)

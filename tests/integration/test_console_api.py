@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -106,6 +107,57 @@ async def test_wrong_admin_passwords_are_refused_then_throttled(running: Running
         assert response.status_code == 429
         assert response.headers["retry-after"] == "300"
         assert "too many wrong admin passwords" in response.json()["error"]
+
+
+async def admin_login_status(running: RunningConsole, source: str, password: str) -> int:
+    async with running.client(source) as client:
+        return (await client.post("/api/login", json={"password": password})).status_code
+
+
+async def test_strangers_flooding_wrong_passwords_cannot_lock_the_admin_out(running: RunningConsole) -> None:
+    assert await admin_login_status(running, "127.0.0.9", ADMIN_PASSWORD) == 200  # the admin's usual address
+    async with trio.open_nursery() as nursery:
+        for n in range(2, 9):  # 7 strangers, 4 wrong each: 28 wrong passwords in all
+            for _ in range(4):
+                nursery.start_soon(admin_login_status, running, f"127.0.0.{n}", "guess")
+    # The budget in all is used up for strangers, even with the right password ...
+    assert await admin_login_status(running, "127.0.0.50", ADMIN_PASSWORD) == 429
+    # ... but not for the address the admin logged in from, nor for the console's own host.
+    assert await admin_login_status(running, "127.0.0.9", ADMIN_PASSWORD) == 200
+    assert await admin_login_status(running, "127.0.0.1", ADMIN_PASSWORD) == 200
+
+
+class CountingAdminPassword(AdminPassword):
+    """The real argon2 check, noting how many run at once."""
+
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def matches(self, password: str) -> bool:
+        cls = CountingAdminPassword
+        with cls.lock:
+            cls.running += 1
+            cls.peak = max(cls.peak, cls.running)
+        try:
+            return super().matches(password)
+        finally:
+            with cls.lock:
+                cls.running -= 1
+
+
+async def test_argon2_checks_run_a_few_at_a_time(running: RunningConsole) -> None:
+    running.console.admin_password = CountingAdminPassword(running.console.admin_password.hash)
+    statuses: list[int] = []
+
+    async def wrong(n: int) -> None:
+        statuses.append(await admin_login_status(running, f"127.0.4.{n}", "guess"))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(1, 19):
+            nursery.start_soon(wrong, n)
+    assert statuses.count(401) == 18
+    assert CountingAdminPassword.peak == 2
 
 
 async def test_state_changes_need_the_csrf_token(running: RunningConsole) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+import trio
+import trio.testing
 
 from mailmigrator.adapters.imap_protocol import (
     Command,
@@ -25,7 +27,7 @@ from mailmigrator.adapters.protocol_errors import (
     migration_in_progress,
     pop3_reply,
 )
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.throttle import Attempt, LoginThrottle
 
 
 def commands(data: bytes, **limits: int) -> list[object]:
@@ -170,19 +172,55 @@ def test_error_kinds_map_to_imap_and_pop3() -> None:
     assert pop3_reply(migration_in_progress()) == b"-ERR [IN-USE] Migration in progress, try again later\r\n"
 
 
-def test_throttle_per_login_and_per_address_with_window() -> None:
+async def test_throttle_per_login_and_per_address_with_window() -> None:
     now = [0.0]
     throttle = LoginThrottle(max_per_login=3, max_per_address=5, window_seconds=60, clock=lambda: now[0])
+
+    async def fail(login: str, address: str) -> None:
+        attempt = await throttle.begin([login], address)
+        assert isinstance(attempt, Attempt)
+        attempt.failed()
+
     for _ in range(3):
-        assert throttle.allowed("alice", "10.0.0.1")
-        throttle.failed("alice", "10.0.0.1")
-    assert not throttle.allowed("alice", "10.0.0.2")  # per login, from anywhere
-    assert throttle.allowed("bob", "10.0.0.1")
-    throttle.failed("bob", "10.0.0.1")
-    throttle.failed("carol", "10.0.0.1")
-    assert not throttle.allowed("dave", "10.0.0.1")  # per address: 5 failures
+        await fail("alice", "10.0.0.1")
+    assert await throttle.begin(["alice"], "10.0.0.2") == "login"  # per login, from anywhere
+    assert throttle.refusal(["bob", "alice"], "10.0.0.2") == "login"  # any of its names
+    await fail("bob", "10.0.0.1")
+    await fail("carol", "10.0.0.1")
+    assert throttle.refusal(["dave"], "10.0.0.1") == "address"  # per address: 5 failures
     now[0] = 61.0
-    assert throttle.allowed("alice", "10.0.0.1") and throttle.allowed("dave", "10.0.0.1")
-    throttle.failed("erin", "10.0.0.3")
-    throttle.succeeded("erin")
-    assert throttle.allowed("erin", "10.0.0.3")
+    assert throttle.refusal(["alice"], "10.0.0.1") is None and throttle.refusal(["dave"], "10.0.0.1") is None
+    await fail("erin", "10.0.0.3")
+    attempt = await throttle.begin(["erin"], "10.0.0.3")
+    assert isinstance(attempt, Attempt)
+    attempt.succeeded()
+    assert throttle.logins.used("erin") == 0
+
+
+async def test_throttle_counts_attempts_in_flight_and_waits_for_their_outcome() -> None:
+    throttle = LoginThrottle(max_per_login=3, max_per_address=50, max_in_flight_per_address=4, max_wait_seconds=5)
+    outcomes: list[object] = []
+    running: list[Attempt] = []
+
+    async def one(n: int) -> None:
+        attempt = await throttle.begin(["alice"], f"10.0.0.{n}")
+        outcomes.append(attempt if isinstance(attempt, str) else "began")
+        if isinstance(attempt, Attempt):
+            running.append(attempt)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(one, n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(running) == 3  # parallel attempts use the budget before any ends; the rest wait
+        for attempt in running:
+            attempt.failed()
+    assert outcomes.count("began") == 3 and outcomes.count("login") == 7
+    many = [await throttle.begin([f"user{n}"], "10.0.0.99") for n in range(4)]
+    with trio.move_on_after(0.2) as waited:
+        await throttle.begin(["other"], "10.0.0.99")  # a fifth attempt from one address waits
+    assert waited.cancelled_caught
+    for attempt in many:
+        assert isinstance(attempt, Attempt)
+        attempt.succeeded()
+    assert isinstance(await throttle.begin(["other"], "10.0.0.99"), Attempt)
