@@ -35,11 +35,15 @@ def load_or_create_key(path: Path) -> bytes:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+                # On disk before its name is: after a crash the key is whole or absent, never empty.
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
+            _fsync_directory(path.parent)
         finally:
             os.unlink(tmp)
     mode = path.stat().st_mode
@@ -52,6 +56,14 @@ def load_or_create_key(path: Path) -> bytes:
     if len(key) not in (16, 24, 32):
         raise VaultError(f"credential key file {path} does not hold a base64 AES key; move it away to create a new one")
     return key
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CredentialVault(SqlTables):
