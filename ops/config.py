@@ -58,7 +58,7 @@ class SourceConfig:
 class TargetConfig:
     host: str = "127.0.0.1"
     port: int = 143
-    pop3_port: int = 0
+    pop3_port: int = 110
     tls: str = "disable"
     ca_file: Path | None = None
     verify_certificate: bool = True
@@ -281,8 +281,10 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
             t["host"] = host
             if port is not None:
                 t.setdefault("port", port)
-        if t.get("tls") == "direct":
-            t.setdefault("port", 993)
+        # As in [source]: the standard ports; 0 stays an explicit "no POP3 on the new server".
+        direct = t.get("tls") == "direct"
+        t.setdefault("port", 993 if direct else 143)
+        t.setdefault("pop3_port", 995 if direct else 110)
         if t.get("provisioning", "passwd-file") == "postgresql" and not t.get("postgresql_url"):
             raise ConfigError("[target] provisioning = \"postgresql\" needs postgresql_url")
         target_cfg = TargetConfig(**t)
