@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmigrator.adapters.post_script import PASSWORD_HANDOVERS
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
@@ -92,6 +94,8 @@ class MigrationConfig:
     passwords_only: bool = False
     post_migrate_script: Path | None = None
     post_migrate_timeout: float = 60.0
+    # How the script gets the password: stdin (a line), env (MAILMIGRATOR_PASSWORD) or argv (visible in `ps`).
+    post_migrate_password: str = "stdin"
     primary_domain: str = ""
     concurrency: int = 4
     connections_per_source_host: int = 8
@@ -195,6 +199,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "passwords_only": _BOOL,
         "post_migrate_script": _PATH,
         "post_migrate_timeout": _FLOAT,
+        "post_migrate_password": PASSWORD_HANDOVERS,
         "primary_domain": _STRING,
         "concurrency": _INT,
         "connections_per_source_host": _INT,

@@ -132,7 +132,8 @@ class MigrationFlow:
         self.provisioner = provisioner
         self.vault = vault
         m = config.migration
-        self.script = PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout) if m.post_migrate_script else None
+        self.script = (PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout, m.post_migrate_password)
+                       if m.post_migrate_script else None)
         # The event store and the vault are written from one thread at a time.
         self._limiter = trio.CapacityLimiter(1)
         self._creating: dict[str, trio.Lock] = {}
