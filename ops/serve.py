@@ -36,6 +36,7 @@ from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetCon
 from mailmigrator.ops.copying import build_copier, target_plan
 from mailmigrator.ops.finish import FinishReport, finish_migration
 from mailmigrator.ops.migration_flow import MigrationFlow, build_provisioner, open_vault
+from mailmigrator.ops.preflight import check_before_listening
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.accounts import expired_leases
 from mailmigrator.projections.follower import MigrationViews
@@ -332,7 +333,8 @@ class PermanentFailure(Exception):
 
 
 async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], None] | None = None) -> None:
-    """Run the service until SIGINT or SIGTERM."""
+    """Run the service until SIGINT or SIGTERM; every file it needs is checked before the first port opens."""
+    check_before_listening(config)
     wired = open_store(config, create=True)
     assert wired is not None
     try:
