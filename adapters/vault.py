@@ -27,6 +27,14 @@ class VaultError(ExplainedError):
     """The vault's key cannot be used, or a stored credential does not decrypt."""
 
 
+class WrongVaultKey(VaultError):
+    """The key is not the one this store's vault was first sealed with (another node's key file)."""
+
+
+# Sealed with the key by the first node that opens the vault; every later node must open it.
+KEY_CHECK_LABEL = b"mailmigrator credential vault key check"
+
+
 def load_or_create_key(path: Path) -> bytes:
     """The vault key from `path`, created (32 random bytes, mode 0600) when absent."""
     if not path.exists():
@@ -36,11 +44,15 @@ def load_or_create_key(path: Path) -> bytes:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+                # On disk before its name is: after a crash the key is whole or absent, never empty.
+                f.flush()
+                os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
+            _fsync_directory(path.parent)
         finally:
             os.unlink(tmp)
     mode = path.stat().st_mode
@@ -55,6 +67,14 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class CredentialVault(SqlTables):
     """Encrypted passwords by login, in a table of their own beside the events."""
 
@@ -66,6 +86,7 @@ class CredentialVault(SqlTables):
         vault: CredentialVault = cls.on(factory)
         vault._aead = AESGCM(key)
         create_tables_racing(vault.create_table)
+        vault.check_key()
         return vault
 
     def __repr__(self) -> str:
@@ -76,6 +97,41 @@ class CredentialVault(SqlTables):
             c.execute(self.sql(
                 "CREATE TABLE IF NOT EXISTS {p}mm_vault (login TEXT PRIMARY KEY, sealed " + self.blob + " NOT NULL)"
             ))
+            c.execute(self.sql(
+                "CREATE TABLE IF NOT EXISTS {p}mm_vault_key (label TEXT PRIMARY KEY, sealed " + self.blob + " NOT NULL)"
+            ))
+
+    def check_key(self) -> None:
+        """Record the key check when the vault has none; `WrongVaultKey` when it was sealed with another key."""
+        with self._cursor(commit=True) as c:
+            c.execute(self.sql("SELECT sealed FROM {p}mm_vault_key WHERE label = %s"), (KEY_CHECK_LABEL.decode(),))
+            row = c.fetchone()
+        if row is None:
+            self._refuse_if_credentials_do_not_open()
+            nonce = os.urandom(12)
+            with self._cursor(commit=True) as c:
+                # Of two nodes starting at once, the first insert stands; both then compare against it.
+                c.execute(self.sql("INSERT INTO {p}mm_vault_key (label, sealed) VALUES (%s, %s) "
+                                   "ON CONFLICT (label) DO NOTHING"),
+                          (KEY_CHECK_LABEL.decode(), nonce + self._cipher().encrypt(nonce, KEY_CHECK_LABEL, None)))
+            return self.check_key()
+        sealed = bytes(row["sealed"])
+        try:
+            self._cipher().decrypt(sealed[:12], sealed[12:], None)
+        except InvalidTag:
+            raise WrongVaultKey("is not the key this store's credential vault was sealed with") from None
+
+    def _refuse_if_credentials_do_not_open(self) -> None:
+        """A vault from before key checks: its first credential tells whether this is its key."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT login, sealed FROM {p}mm_vault ORDER BY login LIMIT 1"))
+            row = c.fetchone()
+        if row is not None:
+            sealed = bytes(row["sealed"])
+            try:
+                self._cipher().decrypt(sealed[:12], sealed[12:], row["login"].encode())
+            except InvalidTag:
+                raise WrongVaultKey("is not the key this store's credential vault was sealed with") from None
 
     def _cipher(self) -> AESGCM:
         if self._aead is None:

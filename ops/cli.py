@@ -92,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    except BaseExceptionGroup as group:
+        # A task of `serve`'s nursery that meets bad configuration: still one line, exit 2.
+        config_errors, others = group.split((ConfigError, StoreSettingError))
+        if config_errors is None or others is not None:
+            raise
+        return _fail(EXIT_USAGE, str(first_leaf(config_errors)))
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         if args.command == "keygen":
             return cmd_keygen(args)
         if args.command == "admin-password":

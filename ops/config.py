@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmigrator.adapters.post_script import PASSWORD_HANDOVERS
 from mailmigrator.domain.errors import ExplainedError
 
 
@@ -60,7 +61,7 @@ class SourceConfig:
 class TargetConfig:
     host: str = "127.0.0.1"
     port: int = 143
-    pop3_port: int = 0
+    pop3_port: int = 110
     tls: str = "disable"
     ca_file: Path | None = None
     verify_certificate: bool = True
@@ -100,6 +101,8 @@ class MigrationConfig:
     passwords_only: bool = False
     post_migrate_script: Path | None = None
     post_migrate_timeout: float = 60.0
+    # How the script gets the password: stdin (a line), env (MAILMIGRATOR_PASSWORD) or argv (visible in `ps`).
+    post_migrate_password: str = "stdin"
     primary_domain: str = ""
     concurrency: int = 4
     connections_per_source_host: int = 8
@@ -208,6 +211,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "passwords_only": _BOOL,
         "post_migrate_script": _PATH,
         "post_migrate_timeout": _FLOAT,
+        "post_migrate_password": PASSWORD_HANDOVERS,
         "primary_domain": _STRING,
         "concurrency": _INT,
         "connections_per_source_host": _INT,
@@ -294,8 +298,10 @@ def _build(path: Path, raw: dict[str, Any]) -> Config:
             t["host"] = host
             if port is not None:
                 t.setdefault("port", port)
-        if t.get("tls") == "direct":
-            t.setdefault("port", 993)
+        # As in [source]: the standard ports; 0 stays an explicit "no POP3 on the new server".
+        direct = t.get("tls") == "direct"
+        t.setdefault("port", 993 if direct else 143)
+        t.setdefault("pop3_port", 995 if direct else 110)
         if t.get("provisioning", "passwd-file") == "postgresql" and not t.get("postgresql_url"):
             raise ConfigError("[target] provisioning = \"postgresql\" needs postgresql_url")
         target_cfg = TargetConfig(**t)

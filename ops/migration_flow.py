@@ -36,7 +36,7 @@ from mailmigrator.adapters.provisioning import (
     Provisioner,
 )
 from mailmigrator.adapters.recipient_headers import inbox_recipient_headers
-from mailmigrator.adapters.vault import CredentialVault, VaultError, load_or_create_key
+from mailmigrator.adapters.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, mapped_elsewhere
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound, DomainError
@@ -110,7 +110,11 @@ def open_vault(config: Config, app: MigrationService) -> CredentialVault | None:
         raise ConfigError(f"[store] credential_key_file: {e}") from None
     except OSError as e:
         raise ConfigError(f"[store] credential_key_file {key_file}: {e.strerror}") from None
-    return CredentialVault.open(app.factory, key)
+    try:
+        return CredentialVault.open(app.factory, key)
+    except WrongVaultKey as e:
+        raise ConfigError(f"[store] credential_key_file {key_file} {e}; every node needs a copy of the first "
+                          "node's key file") from None
 
 
 class MigrationFlow:
@@ -133,7 +137,8 @@ class MigrationFlow:
         self.provisioner = provisioner
         self.vault = vault
         m = config.migration
-        self.script = PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout) if m.post_migrate_script else None
+        self.script = (PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout, m.post_migrate_password)
+                       if m.post_migrate_script else None)
         # The event store and the vault are written from one thread at a time.
         self._limiter = trio.CapacityLimiter(1)
         self._creating: dict[str, trio.Lock] = {}

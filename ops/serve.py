@@ -19,7 +19,7 @@ import trio
 from mailmigrator.adapters.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.node_status import NodeStatusTable
 from mailmigrator.adapters.backend import BackendAddress, ServerBackends
-from mailmigrator.adapters.vault import CredentialVault
+from mailmigrator.adapters.vault import CredentialVault, VaultError
 from mailmigrator.adapters.credentials import Credentials
 from mailmigrator.adapters.login_routing import LoginRouter, RoutingSettings, StoreCalls
 from mailmigrator.adapters.mail_connection import (
@@ -44,6 +44,7 @@ from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetCon
 from mailmigrator.ops.copying import build_copier, target_plan
 from mailmigrator.ops.finish import FinishReport, finish_migration
 from mailmigrator.ops.migration_flow import MigrationFlow, build_provisioner, open_vault
+from mailmigrator.ops.preflight import check_before_listening
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.accounts import expired_leases
 from mailmigrator.projections.follower import MigrationViews
@@ -53,6 +54,8 @@ log = structlog.get_logger("mailmigrator.serve")
 RUN_STATE_POLL = 1.0
 NODE_REPORT_INTERVAL = 5.0
 PROJECTION_POLL = 2.0
+UNREADABLE_CREDENTIAL = ("the stored password does not decrypt with this node's [store] credential_key_file; "
+                         "the account resumes at the user's next login")
 
 
 @dataclass
@@ -126,9 +129,7 @@ class Service:
             await trio.to_thread.run_sync(views.catch_up, limiter=views_limiter)
             for state in RESUMABLE_STATES:
                 locked += [doc["login"] for doc in await trio.to_thread.run_sync(views.accounts, state, limiter=views_limiter)]
-            # The vault is read in a worker thread; `begin` must run in this one.
-            found = await trio.to_thread.run_sync(
-                lambda: {login: c for login in locked if (c := self.credentials.get(login)) is not None})
+            found = await self._stored_credentials(locked)
             resumed = [login for login, c in found.items() if self.workers.begin(login, c)]
             if locked:
                 log.info("locked accounts", count=len(locked), resumed=len(resumed),
@@ -183,14 +184,47 @@ class Service:
             try:
                 docs = await trio.to_thread.run_sync(views.accounts, None, limiter=limiter)
                 orphans = expired_leases(docs, m.node_name, datetime.now(timezone.utc), m.lease_seconds)
-                found = await trio.to_thread.run_sync(
-                    lambda: {login: c for login in orphans if (c := self.credentials.get(login)) is not None})
+                found = await self._stored_credentials(orphans)
             except Exception as e:  # a store hiccup must not stop the service
                 log.warning("cannot look for expired leases", error=str(e))
                 continue
             for login, credentials in found.items():
                 if self.workers.begin(login, credentials):
                     log.info("taking over an account whose lease expired", login=login, node=m.node_name)
+
+    async def _stored_credentials(self, logins: list[str]) -> dict[str, Credentials]:
+        """The stored credentials of `logins`; one that does not decrypt is reported on its account, never fatal."""
+        found: dict[str, Credentials] = {}
+        unreadable: list[str] = []
+
+        def read() -> None:  # the vault is read in a worker thread; `begin` must run in trio's
+            for login in logins:
+                try:
+                    credentials = self.credentials.get(login)
+                except VaultError:
+                    unreadable.append(login)
+                    continue
+                if credentials is not None:
+                    found[login] = credentials
+
+        await trio.to_thread.run_sync(read)
+        for login in unreadable:
+            try:
+                reported = await self.workers.store(self._report_unreadable, login)
+            except Exception as e:  # a store hiccup must not stop the service
+                log.warning("cannot record the unreadable credential", login=login, error=str(e))
+                continue
+            if reported:
+                log.error("stored credential does not decrypt", login=login, node=self.config.migration.node_name,
+                          hint="[store] credential_key_file differs between nodes, or the vault row is damaged")
+        return found
+
+    def _report_unreadable(self, login: str) -> bool:
+        """A failure the admin sees on the account, recorded once (the scan repeats); False when already recorded."""
+        if self.app.account(login).last_error == UNREADABLE_CREDENTIAL:
+            return False
+        self.app.record_failed(login, UNREADABLE_CREDENTIAL, True)
+        return True
 
     async def _follow(self, views: object, limiter: trio.CapacityLimiter) -> None:
         while True:
@@ -298,7 +332,11 @@ def _remembering(flow: MigrationFlow) -> Callable[[str, str], Awaitable[None]]:
 
     async def remember(login: str, password: str) -> None:
         def put() -> None:
-            if vault.get(login) is None:
+            try:
+                kept = vault.get(login)
+            except VaultError:  # damaged or sealed with another key: the verified password replaces it
+                kept = None
+            if kept is None:
                 vault.put(login, password)
                 log.info("credential kept for the finish sweep", login=login)
 
@@ -312,7 +350,8 @@ class PermanentFailure(ExplainedError):
 
 
 async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], None] | None = None) -> None:
-    """Run the service until SIGINT or SIGTERM."""
+    """Run the service until SIGINT or SIGTERM; every file it needs is checked before the first port opens."""
+    check_before_listening(config)
     wired = open_store(config, create=True)
     assert wired is not None
     try:

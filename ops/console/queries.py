@@ -172,13 +172,13 @@ class ConsoleQueries:
         """Every event of the account, oldest first; `AccountNotFound` when none."""
         return [event_row(event) for event in self.wired.app.history(login)]
 
-    def log(self, after: int | None, tail: int) -> dict[str, Any]:
-        """Log lines after line number `after`, or the last `tail` lines when `after` is None."""
+    def log(self, after: int | None, tail: int, limit: int) -> dict[str, Any]:
+        """At most `limit` log lines after line number `after`, or the last `tail` lines when `after` is None."""
         views = self.wired.views
         views.catch_up()
         if after is None:
-            after = max(views.store.log_count() - tail, 0)
-        lines = views.log_lines(after=after)
+            after, limit = max(views.store.log_count() - tail, 0), tail
+        lines = views.store.log_lines(after=after, limit=limit)
         return {"after": after, "next": after + len(lines), "lines": lines}
 
     def press(self, button: str, by: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ CSRF_HEADER = "x-csrf-token"
 MAX_JSON_BODY = 16 * 1024
 MAX_BULK_BODY = 1024 * 1024
 MAX_LOG_TAIL = 2000
+LOG_PAGE, MAX_LOG_PAGE = 500, 5000
 THROTTLE_RETRY_AFTER = 300
 
 _SECURITY_HEADERS = [
@@ -321,11 +322,14 @@ async def log_tail(console: Console, request: Request) -> Response:
     try:
         after = _optional_count(params, "after")
         tail = _optional_count(params, "tail")
+        limit = _optional_count(params, "limit")
     except BadQuery as e:
         raise HttpError(400, str(e)) from None
     if tail is not None and not 1 <= tail <= MAX_LOG_TAIL:
         raise HttpError(400, f"tail={tail} is out of range; ask for 1 to {MAX_LOG_TAIL} lines")
-    return JSONResponse(await console.store(lambda: console.queries.log(after, tail or 200)))
+    if limit is not None and not 1 <= limit <= MAX_LOG_PAGE:
+        raise HttpError(400, f"limit={limit} is out of range; ask for 1 to {MAX_LOG_PAGE} lines, then continue at `next`")
+    return JSONResponse(await console.store(lambda: console.queries.log(after, tail or 200, limit or LOG_PAGE)))
 
 
 def _optional_count(params: dict[str, str], name: str) -> int | None:

@@ -112,13 +112,13 @@ class FaultyRelay:
     """
 
     def __init__(self, upstream: tuple[str, int], *, cut_after: int = 0, cuts: int = 0,
-                 bytes_per_second: float = 0.0) -> None:
+                 bytes_per_second: float = 0.0, listen: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self.upstream = upstream
         self.cut_after = cut_after
         self.cuts_left = cuts
         self.cuts_done = 0
         self.bytes_per_second = bytes_per_second
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(listen)
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.stopped = False

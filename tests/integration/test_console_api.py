@@ -259,15 +259,33 @@ async def test_one_account_and_its_history(running: RunningConsole) -> None:
 async def test_log_tail_and_follow(running: RunningConsole) -> None:
     seed_accounts(running)
     async with running.logged_in() as (client, _):
-        everything = (await client.get("/api/log", params={"after": 0})).json()
+        for n in range(600):
+            running.wired.app.record_login(f"bulk{n}@example.com", "imap", "127.0.0.9", "127.0.0.1")
+        first = (await client.get("/api/log", params={"after": 0})).json()
+        assert len(first["lines"]) == 500 and first["next"] == 500
+        lines = first["lines"]
+        while rest := (await client.get("/api/log", params={"after": len(lines)})).json()["lines"]:
+            lines += rest
+        everything = {"after": 0, "next": len(lines), "lines": lines}
+        assert everything["next"] > 600
         assert everything["after"] == 0 and everything["next"] == len(everything["lines"]) > 5
         tail = (await client.get("/api/log", params={"tail": 2})).json()
         assert tail["lines"] == everything["lines"][-2:] and tail["next"] == everything["next"]
         running.wired.app.record_login("dave@example.com", "imap", "127.0.0.9", "127.0.0.1")
         more = (await client.get("/api/log", params={"after": everything["next"]})).json()
         assert any("dave@example.com  IMAP login from 127.0.0.9" in line for line in more["lines"])
+        # Paged: `limit` lines at a time, `next` continues where the page ended.
+        pages: list[str] = []
+        position = 0
+        while page := (await client.get("/api/log", params={"after": position, "limit": 2})).json()["lines"]:
+            assert len(page) <= 2
+            pages += page
+            position += len(page)
+        assert pages == everything["lines"] + more["lines"]
         for query, message in (("after=x", "after='x' is not a whole number"),
-                               ("tail=0", "tail=0 is out of range"), ("tail=9999", "tail=9999 is out of range")):
+                               ("tail=0", "tail=0 is out of range"), ("tail=9999", "tail=9999 is out of range"),
+                               ("after=0&limit=0", "limit=0 is out of range"),
+                               ("after=0&limit=5001", "limit=5001 is out of range")):
             response = await client.get(f"/api/log?{query}")
             assert response.status_code == 400 and response.json()["error"].startswith(message)
 

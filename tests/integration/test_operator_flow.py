@@ -172,9 +172,10 @@ def test_bulk_file_migrates_good_lines_and_reports_bad_ones(
 SCRIPT = """#!/usr/bin/env python3
 import json, sys, time
 mode = {mode!r}
+password = sys.stdin.readline().rstrip("\\n")
 with open({record!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-print("hello from the script for", sys.argv[1], "with", sys.argv[2])
+    f.write(json.dumps(sys.argv[1:] + [password]) + "\\n")
+print("hello from the script for", sys.argv[1], "with", password)
 if mode == "fail":
     sys.exit(3)
 if mode == "hang":

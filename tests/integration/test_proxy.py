@@ -210,7 +210,7 @@ async def test_passwords_only_then_curl_lists_the_new_server(pair: Pair, tmp_pat
     seed_user(pair, "dave@example.com", messages=3)
     ran = tmp_path / "post-script.args"
     script = tmp_path / "post.sh"
-    script.write_text(f'#!/bin/sh\nprintf "%s|%s" "$1" "$2" > {ran}\n')
+    script.write_text(f'#!/bin/sh\nread -r password\nprintf "%s|%s" "$1" "$password" > {ran}\n')
     script.chmod(0o755)
     async with trio.open_nursery() as nursery:
         running = await run_service(tmp_path, pair, nursery, passwords_only=True,
@@ -223,7 +223,7 @@ async def test_passwords_only_then_curl_lists_the_new_server(pair: Pair, tmp_pat
         assert await running.state("dave@example.com") == "completed"
         line = [l for l in pair.new.passwd_file.read_text().splitlines() if l.startswith("dave@example.com:")]
         assert len(line) == 1 and line[0].split(":")[1].startswith("{SHA512-CRYPT}$6$")
-        # The same flow as every other migration: the post-migrate script ran with EMAIL and PASSWORD.
+        # The same flow as every other migration: the post-migrate script ran with EMAIL, the password on stdin.
         assert ran.read_text() == f"dave@example.com|{OLD_PASSWORD}"
         names = [type(e).__name__ for e in running.app.history("dave@example.com")]
         assert "PostScriptRan" in names and names.count("AccountCreated") == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailmigrator.adapters.store import parse_store_url, store_environment
-from mailmigrator.adapters.vault import CredentialVault, VaultError, load_or_create_key
+from mailmigrator.adapters.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.application import MigrationService
 
 PASSWORD = "correct horse 'battery' \"staple\" ünïcode"
@@ -35,10 +35,18 @@ def test_vault_seals_and_destroys(tmp_path: Path, store_url: str) -> None:
     assert vault.logins() == ["amy@example.com", "bo@example.com"]
     assert "horse" not in repr(vault)
 
-    other = CredentialVault.open(app.factory, load_or_create_key(tmp_path / "other.key"))
+    # Another node's key is refused when the vault opens, before any credential is read.
+    with pytest.raises(WrongVaultKey, match="not the key this store's credential vault was sealed with"):
+        CredentialVault.open(app.factory, load_or_create_key(tmp_path / "other.key"))
+    assert CredentialVault.open(app.factory, key).get("bo@example.com") == "other"
+    # One damaged credential is an error of that login only.
+    with vault.datastore.transaction(commit=True) as c:
+        c.execute(vault.sql("UPDATE {p}mm_vault SET sealed = %s WHERE login = %s"), (b"\0" * 40, "amy@example.com"))
     with pytest.raises(VaultError, match="does not decrypt") as info:
-        other.get("amy@example.com")
+        vault.get("amy@example.com")
     assert "horse" not in str(info.value)
+    assert vault.get("bo@example.com") == "other"
+    vault.put("amy@example.com", PASSWORD)
 
     assert vault.destroy("amy@example.com") is True
     assert vault.get("amy@example.com") is None
