@@ -136,7 +136,7 @@ class Demo:
         print("ann's INBOX shows:", bytes(fetched[0][1]).decode().strip())  # type: ignore[index]
         client.logout()
 
-        _say("ben types a wrong password")
+        _say("ben, whom the store does not know yet, types a wrong password: refused and counted, nothing recorded")
         client = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=20)
         try:
             client.login("ben@example.com", "not-bens-password")
