@@ -24,12 +24,19 @@ class FailureWindow:
 
     window_seconds: float
     clock: Callable[[], float] = time.monotonic
+    # Keys with failures kept at most; beyond it expired ones go first, then the oldest.
+    max_keys: int = 100_000
     _failures: dict[str, deque[float]] = field(default_factory=dict)
     _in_flight: dict[str, int] = field(default_factory=dict)
 
     def used(self, key: str) -> int:
         """Failures within the window plus attempts in flight."""
         return self.failures(key) + self._in_flight.get(key, 0)
+
+    @property
+    def tracked(self) -> int:
+        """How many keys have failures kept."""
+        return len(self._failures)
 
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
@@ -57,6 +64,15 @@ class FailureWindow:
             self._in_flight.pop(key, None)
         if failed:
             self._failures.setdefault(key, deque()).append(self.clock())
+            if len(self._failures) > self.max_keys:
+                self._prune()
+
+    def _prune(self) -> None:
+        cutoff = self.clock() - self.window_seconds
+        for key in [k for k, times in self._failures.items() if times[-1] <= cutoff]:
+            del self._failures[key]
+        while len(self._failures) > self.max_keys:
+            del self._failures[next(iter(self._failures))]
 
     def clear(self, key: str) -> None:
         self._failures.pop(key, None)

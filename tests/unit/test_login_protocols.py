@@ -224,3 +224,15 @@ async def test_throttle_counts_attempts_in_flight_and_waits_for_their_outcome() 
         assert isinstance(attempt, Attempt)
         attempt.succeeded()
     assert isinstance(await throttle.begin(["other"], "10.0.0.99"), Attempt)
+
+
+async def test_throttle_memory_is_bounded_under_distinct_logins() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(window_seconds=60, max_per_address=10**9, clock=lambda: now[0])
+    throttle.logins.max_keys = 100
+    for n in range(1000):
+        now[0] = n / 10
+        attempt = await throttle.begin([f"user{n}"], "10.0.0.1")
+        assert isinstance(attempt, Attempt)
+        attempt.failed()
+    assert throttle.logins.tracked <= 100
