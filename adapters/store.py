@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from mailmigrator.adapters.key_files import write_key_file
 from mailmigrator.domain.errors import DomainError
 
 
@@ -101,10 +102,7 @@ def read_key_file(path: Path) -> str:
 
 def create_key_file(path: Path) -> None:
     """Write a new random AES-256 key, mode 0600; refuses to overwrite an existing key."""
-    key = base64.b64encode(os.urandom(32)).decode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    write_key_file(path)
 
 
 def store_environment(

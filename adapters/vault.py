@@ -12,13 +12,13 @@ from __future__ import annotations
 import base64
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mailmigrator.adapters.key_files import write_key_file
 from mailmigrator.adapters.sql_tables import SqlTables, create_tables_racing, rowcount
 from mailmigrator.domain.errors import ExplainedError
 
@@ -38,23 +38,10 @@ KEY_CHECK_LABEL = b"mailmigrator credential vault key check"
 def load_or_create_key(path: Path) -> bytes:
     """The vault key from `path`, created (32 random bytes, mode 0600) when absent."""
     if not path.exists():
-        # Written aside, then linked into place: a node starting at the same moment
-        # finds either no key or a whole one, never half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
-                # On disk before its name is: after a crash the key is whole or absent, never empty.
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            _fsync_directory(path.parent)
-        finally:
-            os.unlink(tmp)
+            write_key_file(path)
+        except FileExistsError:
+            pass  # another node wrote it a moment ago: use theirs
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise VaultError(f"credential key file {path} is readable by others; chmod 600 it")
@@ -65,14 +52,6 @@ def load_or_create_key(path: Path) -> bytes:
     if len(key) not in (16, 24, 32):
         raise VaultError(f"credential key file {path} does not hold a base64 AES key; move it away to create a new one")
     return key
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CredentialVault(SqlTables):

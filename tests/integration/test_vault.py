@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from mailmigrator.adapters.key_files import write_key_file
 from mailmigrator.adapters.store import parse_store_url, store_environment
 from mailmigrator.adapters.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.application import MigrationService
@@ -58,3 +60,14 @@ def test_vault_seals_and_destroys(tmp_path: Path, store_url: str) -> None:
             (sealed,) = conn.execute("SELECT sealed FROM mm_vault").fetchone()
         assert b"other" not in sealed
     app.close()
+
+
+def test_a_key_file_is_never_overwritten_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    key = tmp_path / "credentials.key"
+    write_key_file(key)
+    first = key.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_key_file(key)
+    assert key.read_bytes() == first and len(base64.b64decode(first.strip())) == 32
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["credentials.key"]
