@@ -69,6 +69,10 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
 
 # Locked users cannot reach their mail; the proxy shows them the notice mailbox.
 LOCKED_STATES: Final = frozenset({"verified", "created", "copying", "failed"})
+# Migrated: the new server holds the mail and checks the password.
+SETTLED_STATES: Final = frozenset({"completed", "swept"})
+# Not yet verified: the old server still serves these users.
+UNVERIFIED_STATES: Final = frozenset({"seen"})
 
 RUN_STATES: Final = ("stopped", "started", "finishing", "finished")
 
