@@ -17,9 +17,9 @@ from typing import Protocol
 import structlog
 import trio
 
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.login_routing import StoreCalls
-from mailmigrator.adapters.mail_connection import describe_error
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.proxy.login_routing import StoreCalls
+from mailmigrator.adapters.mail.connection import describe_error
 from mailmigrator.domain.errors import DomainError, ExplainedError
 
 log = structlog.get_logger("mailmigrator.workers")

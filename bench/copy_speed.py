@@ -21,7 +21,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mailmigrator.ops import testbed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+import testbed
 
 LOGIN = "bench@example.com"
 PASSWORD = "bench-password"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from copy_speed import measure
 
-from mailmigrator.ops import testbed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+import testbed
 
 MANY = "many@example.com"
 BIG = "big@example.com"

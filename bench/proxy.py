@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 from proxy_fixtures import OLD_PASSWORD, start_pair, write_config  # noqa: E402
 
 from mailmigrator.ops.config import load_config  # noqa: E402
-from mailmigrator.ops.testbed import make_message, seed_bulk  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+from testbed import make_message, seed_bulk  # noqa: E402
 
 LOGINS = 200
 MESSAGES, SIZE = 1000, 200 * 1024

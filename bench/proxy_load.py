@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integrat
 
 from proxy_fixtures import OLD_PASSWORD, start_pair, write_config  # noqa: E402
 
-from mailmigrator.ops.testbed import make_message, seed_bulk  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+from testbed import make_message, seed_bulk  # noqa: E402
 from proxy import free_port, wait_port  # noqa: E402  (the script beside this one)
 
 USERS = 20  # active connections are spread over these (Dovecot allows 100 per user and IP)

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import psycopg
 
-from mailmigrator.adapters.store import parse_store_url, store_environment
+from mailmigrator.adapters.store.event_store import parse_store_url, store_environment
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.model import AccountMigration
-from mailmigrator.ops.sample_history import FOLDERS, record_sample_accounts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+from sample_history import FOLDERS, record_sample_accounts
 from mailmigrator.projections.follower import MigrationViews
 
 

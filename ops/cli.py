@@ -16,9 +16,9 @@ from typing import Any
 
 from eventsourcing.persistence import PersistenceError
 
-from mailmigrator.adapters.node_status import NodeStatusTable, describe_node
+from mailmigrator.adapters.store.node_status import NodeStatusTable, describe_node
 from mailmigrator.domain.errors import ExplainedError
-from mailmigrator.adapters.store import StoreError, StoreSettingError, create_key_file
+from mailmigrator.adapters.store.event_store import StoreError, StoreSettingError, create_key_file
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config

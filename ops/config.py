@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailmigrator.adapters.post_script import PASSWORD_HANDOVERS
+from mailmigrator.adapters.scripts.post_migrate import PASSWORD_HANDOVERS
 from mailmigrator.domain.errors import ExplainedError
 
 
@@ -84,7 +84,7 @@ class ProxyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_tls_for_login: bool = False
-    # Connection limits (the proxy's own; see adapters/proxy.py ProxyLimits).
+    # Connection limits (the proxy's own; see adapters/proxy/server.py ProxyLimits).
     max_connections: int = 20_000
     max_connections_per_address: int = 1_000
     login_timeout: float = 120.0

@@ -5,11 +5,11 @@ The steps of one account's migration live in `ops.migration_flow`.
 
 from __future__ import annotations
 
-from mailmigrator.adapters.copier import CopyProgress, CopySettings, MailboxCopier
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.imap_source import ImapSource
-from mailmigrator.adapters.imap_target import ImapTarget
-from mailmigrator.adapters.mail_connection import (
+from mailmigrator.adapters.mail.copier import CopyProgress, CopySettings, MailboxCopier
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.imap.source import ImapSource
+from mailmigrator.adapters.imap.target import ImapTarget
+from mailmigrator.adapters.mail.connection import (
     LoginPlan,
     LoginRefused,
     MailConnectionError,
@@ -19,9 +19,9 @@ from mailmigrator.adapters.mail_connection import (
     source_login_name,
     warn_unverified,
 )
-from mailmigrator.adapters.message_source import MessageSource
-from mailmigrator.adapters.pop3_source import Pop3Source
-from mailmigrator.adapters.verifier import MailboxComparison
+from mailmigrator.adapters.mail.message_source import MessageSource
+from mailmigrator.adapters.pop3.source import Pop3Source
+from mailmigrator.adapters.mail.comparison import MailboxComparison
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file

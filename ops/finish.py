@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from mailmigrator.adapters.copier import AccountJob, CopyProgress
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.mail_connection import source_login_name
-from mailmigrator.adapters.vault import CredentialVault
+from mailmigrator.adapters.mail.copier import AccountJob, CopyProgress
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.mail.connection import source_login_name
+from mailmigrator.adapters.store.vault import CredentialVault
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import Config

@@ -19,24 +19,24 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from mailmigrator.adapters.alias_map import AliasMap
-from mailmigrator.adapters.copier import AccountJob, AccountResult, CopyProgress, MailboxCopier
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.mail_connection import (
+from mailmigrator.adapters.accounts.alias_map import AliasMap
+from mailmigrator.adapters.mail.copier import AccountJob, AccountResult, CopyProgress, MailboxCopier
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.mail.connection import (
     LoginRefused,
     MailConnectionError,
     describe_error,
     is_transient,
     source_login_name,
 )
-from mailmigrator.adapters.post_script import PostMigrateScript, ScriptOutcome
-from mailmigrator.adapters.provisioning import (
+from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript, ScriptOutcome
+from mailmigrator.adapters.accounts.provisioning import (
     PasswdFileProvisioner,
     PostgresUsersProvisioner,
     Provisioner,
 )
-from mailmigrator.adapters.recipient_headers import inbox_recipient_headers
-from mailmigrator.adapters.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
+from mailmigrator.adapters.imap.recipient_headers import inbox_recipient_headers
+from mailmigrator.adapters.store.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, mapped_elsewhere
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound, DomainError

@@ -12,7 +12,7 @@ import os
 import ssl
 from pathlib import Path
 
-from mailmigrator.adapters.store import read_key_file
+from mailmigrator.adapters.store.event_store import read_key_file
 from mailmigrator.ops.config import Config, ConfigError, read_secret_file
 
 

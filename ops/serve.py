@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 import structlog
 import trio
 
-from mailmigrator.adapters.adaptive_limit import AdaptiveLimit
-from mailmigrator.adapters.node_status import NodeStatusTable
-from mailmigrator.adapters.backend import BackendAddress, ServerBackends
-from mailmigrator.adapters.vault import CredentialVault, VaultError
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.login_routing import LoginRouter, RoutingSettings, StoreCalls
-from mailmigrator.adapters.mail_connection import (
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
+from mailmigrator.adapters.store.node_status import NodeStatusTable
+from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
+from mailmigrator.adapters.store.vault import CredentialVault, VaultError
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.proxy.login_routing import LoginRouter, RoutingSettings, StoreCalls
+from mailmigrator.adapters.mail.connection import (
     ServerAddress,
     describe_error,
     source_login_name,
@@ -36,8 +36,8 @@ from mailmigrator.adapters.migration_workers import (
     NoStoredCredentials,
     RetryableFailure,
 )
-from mailmigrator.adapters.proxy import Listener, LoginProxy, ProxyLimits, server_ssl_context
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.proxy.server import Listener, LoginProxy, ProxyLimits, server_ssl_context
+from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
@@ -396,7 +396,7 @@ def cmd_serve(config: Config, args: object) -> int:
 
 def put_notice(config: Config, message: bytes) -> int:
     """Replace the migration account's INBOX content with `message`; returns how many old notices were removed."""
-    from mailmigrator.adapters.imap_connection import close_imap, open_imap
+    from mailmigrator.adapters.imap.connection import close_imap, open_imap
 
     account = config.migration.migration_account
     if not account:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from eventsourcing.persistence import PersistenceError
 
-from mailmigrator.adapters.sql_tables import is_creation_race
-from mailmigrator.adapters.store import (
+from mailmigrator.adapters.store.sql_tables import is_creation_race
+from mailmigrator.adapters.store.event_store import (
     StoreError,
     check_store,
     parse_store_url,

@@ -15,7 +15,7 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
-from mailmigrator.adapters.sql_tables import SqlTables, rowcount
+from mailmigrator.adapters.store.sql_tables import SqlTables, rowcount
 
 PROJECTION_NAME = "migration_views"
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import trustme
 
-from mailmigrator.ops.testbed import DovecotServer, make_new_server, make_old_server
+from testbed import DovecotServer, make_new_server, make_old_server
 
 _DOVECOT_FIXTURES = {"old_server", "new_server"}
 _login_numbers = itertools.count(1)

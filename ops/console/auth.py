@@ -19,7 +19,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from mailmigrator.adapters.throttle import Attempt, LoginThrottle
+from mailmigrator.adapters.proxy.throttle import Attempt, LoginThrottle
 from mailmigrator.ops.config import ConfigError, read_secret_file
 
 SESSION_IDLE_SECONDS = 30 * 60

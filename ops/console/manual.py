@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 import trio
 
-from mailmigrator.adapters.copier import CopyProgress
+from mailmigrator.adapters.mail.copier import CopyProgress
 from mailmigrator.domain.errors import DomainError
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem
 from mailmigrator.ops.config import Config, ConfigError

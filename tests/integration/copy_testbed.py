@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mailmigrator.ops import testbed
+import testbed
 from mailmigrator.ops.cli import main
 
 _users = itertools.count(1)

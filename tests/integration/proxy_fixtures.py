@@ -13,7 +13,7 @@ import trustme
 
 from mailmigrator.ops.config import Config, Endpoint
 
-from mailmigrator.ops.testbed import DovecotServer, make_message, make_new_server, make_old_server, seed_bulk
+from testbed import DovecotServer, make_message, make_new_server, make_old_server, seed_bulk
 
 OLD_PASSWORD = "old-secret-1 x"
 

@@ -8,9 +8,9 @@ import pytest
 
 from copy_testbed import message_count, new_user, write_config
 from fault_relay import FaultRelay
-from mailmigrator.adapters.copier import AccountJob
+from mailmigrator.adapters.mail.copier import AccountJob
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.ops import testbed
+import testbed
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.copying import build_copier, copy_plan, target_plan
 

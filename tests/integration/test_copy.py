@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from mailmigrator.ops import testbed
+import testbed
 from copy_testbed import FaultyRelay, new_user, run_cli, started, write_config
 
 pytestmark = pytest.mark.dovecot

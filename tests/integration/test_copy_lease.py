@@ -10,9 +10,9 @@ import pytest
 import trio
 
 from copy_testbed import FaultyRelay, message_count, new_user, write_config
-from mailmigrator.adapters.copier import AccountJob, AccountResult, MailboxCopier
+from mailmigrator.adapters.mail.copier import AccountJob, AccountResult, MailboxCopier
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.ops import testbed
+import testbed
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.copying import build_copier, copy_plan, target_plan
 

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from copy_testbed import FaultyRelay, message_count, new_user, started, write_config
-from mailmigrator.ops import testbed
+import testbed
 
 pytestmark = pytest.mark.dovecot
 

@@ -17,7 +17,7 @@ import trustme
 
 from copy_testbed import new_user, run_cli, started, write_config
 from mailmigrator.domain.folders import SEPARATOR_ESCAPES
-from mailmigrator.ops import testbed
+import testbed
 
 pytestmark = pytest.mark.dovecot
 

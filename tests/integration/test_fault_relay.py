@@ -12,8 +12,8 @@ import pytest
 import trio
 from imapclient import IMAPClient
 
-from mailmigrator.adapters.adaptive_limit import AdaptiveLimit, overload_sign
-from mailmigrator.ops import testbed
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit, overload_sign
+import testbed
 from copy_testbed import new_user
 from fault_relay import FaultRelay, Overflow
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import trio
 
-from mailmigrator.adapters.backend import BackendRejected
-from mailmigrator.adapters.protocol_errors import UserError
-from mailmigrator.adapters.proxy import ProxyLimits
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.proxy.backends import BackendRejected
+from mailmigrator.adapters.proxy.protocol_errors import UserError
+from mailmigrator.adapters.proxy.server import ProxyLimits
+from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
 from mailmigrator.ops.wiring import open_store

@@ -16,10 +16,10 @@ from copy_testbed import FaultyRelay, message_count
 from multinode import ServeNode, cli, fleet, wait_for
 from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, write_config  # noqa: F401
 
-from mailmigrator.adapters.vault import CredentialVault
+from mailmigrator.adapters.store.vault import CredentialVault
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.ops.testbed import make_message, seed_bulk
-from mailmigrator.adapters.store import parse_store_url, store_environment
+from testbed import make_message, seed_bulk
+from mailmigrator.adapters.store.event_store import parse_store_url, store_environment
 
 pytestmark = pytest.mark.dovecot
 

@@ -14,7 +14,7 @@ import trio
 
 from console_fixtures import open_wired, serve_console
 from copy_testbed import message_count, run_cli, secret_file
-from mailmigrator.ops import testbed
+import testbed
 from mailmigrator.ops.config import Config, load_config
 
 pytestmark = pytest.mark.dovecot

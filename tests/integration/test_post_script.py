@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-from mailmigrator.adapters.post_script import PostMigrateScript
+from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript
 
 PASSWORD = "p a s s 'quoted' \"double\" $HOME `x` ;rm -rf"
 

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from passlib.hash import sha512_crypt
 
-from mailmigrator.adapters.provisioning import (
+from mailmigrator.adapters.accounts.provisioning import (
     PasswdFileProvisioner,
     PostgresUsersProvisioner,
     ProvisioningError,

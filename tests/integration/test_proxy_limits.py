@@ -306,7 +306,7 @@ async def test_reset_connections_leave_the_admin_console_up(pair: Pair, tmp_path
 
 
 async def test_a_client_that_stops_reading_after_login_does_not_pin_the_relay(pair: Pair, tmp_path: Path) -> None:
-    from mailmigrator.ops.testbed import seed_bulk
+    from testbed import seed_bulk
 
     pair.old.add_user("deaf@example.com", OLD_PASSWORD)
     big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 4000

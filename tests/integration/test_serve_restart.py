@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from copy_testbed import FaultyRelay, message_count, run_cli, secret_file
-from mailmigrator.ops import testbed
+import testbed
 
 pytestmark = pytest.mark.dovecot
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import RecordConflictError, StoredEvent
 
-from mailmigrator.adapters.store import create_key_file
+from mailmigrator.adapters.store.event_store import create_key_file
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import load_config
-from mailmigrator.ops.sample_history import record_sample_accounts
+from sample_history import record_sample_accounts
 from mailmigrator.ops.wiring import Wired, open_store
 from mailmigrator.projections.viewstore import ViewBatch, ViewStore
 

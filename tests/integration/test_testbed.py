@@ -16,8 +16,8 @@ import trustme
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from mailmigrator.ops import testbed
-from mailmigrator.ops.testbed import (
+import testbed
+from testbed import (
     MAIL_USER,
     DovecotServer,
     SeedMessage,

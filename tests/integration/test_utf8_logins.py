@@ -22,10 +22,10 @@ import trio
 
 from console_fixtures import open_wired, serve_console
 from copy_testbed import message_count, run_cli, secret_file
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.imap_connection import close_imap, open_imap
-from mailmigrator.adapters.mail_connection import LoginPlan, LoginRefused, ServerAddress
-from mailmigrator.ops import testbed
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.imap.connection import close_imap, open_imap
+from mailmigrator.adapters.mail.connection import LoginPlan, LoginRefused, ServerAddress
+import testbed
 from mailmigrator.ops.config import load_config
 from proxy_fixtures import Pair, ensure_notice_account, pair
 from test_operator_flow import account, config_file, events

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mailmigrator.adapters.key_files import write_key_file
-from mailmigrator.adapters.store import parse_store_url, store_environment
-from mailmigrator.adapters.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
+from mailmigrator.adapters.store.key_files import write_key_file
+from mailmigrator.adapters.store.event_store import parse_store_url, store_environment
+from mailmigrator.adapters.store.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.application import MigrationService
 
 PASSWORD = "correct horse 'battery' \"staple\" ünïcode"

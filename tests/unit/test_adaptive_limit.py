@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from mailmigrator.adapters.adaptive_limit import AdaptiveLimit, overload_sign, suggested_backoff
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit, overload_sign, suggested_backoff
 
 UNAVAILABLE = "NO [UNAVAILABLE] Server busy, try again later"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmigrator.adapters.alias_map import AliasMap
+from mailmigrator.adapters.accounts.alias_map import AliasMap
 from mailmigrator.domain.aliases import (
     SHOWN_CHARACTERS,
     decide_alias,

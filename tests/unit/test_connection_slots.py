@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailmigrator.adapters.connection_slots import ConnectionSlots, client_key
+from mailmigrator.adapters.proxy.connection_slots import ConnectionSlots, client_key
 
 
 def test_per_address_and_global_caps_refuse_and_a_slot_given_back_is_free_again() -> None:

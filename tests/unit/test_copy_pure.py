@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from imapclient import imap_utf7
 
-from mailmigrator.adapters.copier import batches, pipelined_batches, resume_point
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.imap_responses import is_transient_response, parse_appenduid, response_code
-from mailmigrator.adapters.message_source import FolderListing, SourceMessage
-from mailmigrator.adapters.pop3_source import unique_by_uidl
-from mailmigrator.adapters.verifier import MessageState, compare_folder
+from mailmigrator.adapters.mail.copier import batches, pipelined_batches, resume_point
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.imap.responses import is_transient_response, parse_appenduid, response_code
+from mailmigrator.adapters.mail.message_source import FolderListing, SourceMessage
+from mailmigrator.adapters.pop3.source import unique_by_uidl
+from mailmigrator.adapters.mail.comparison import MessageState, compare_folder
 from mailmigrator.domain.fingerprint import fingerprint, message_id, received_date
 from mailmigrator.domain.folders import (
     ListedFolder,

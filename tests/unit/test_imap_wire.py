@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from mailmigrator.adapters.imap_wire import (
+from mailmigrator.adapters.imap.wire import (
     AppendItem,
     FetchedItems,
     WireSyntaxError,

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from mailmigrator.adapters.imap_protocol import (
+from mailmigrator.adapters.proxy.imap_protocol import (
     Command,
     ContinuationNeeded,
     Framed,
@@ -19,15 +19,15 @@ from mailmigrator.adapters.imap_protocol import (
     parse_command,
     quote,
 )
-from mailmigrator.adapters.pop3_protocol import LineTooLong, Pop3LineReader, parse_pop3_command
-from mailmigrator.adapters.protocol_errors import (
+from mailmigrator.adapters.proxy.pop3_protocol import LineTooLong, Pop3LineReader, parse_pop3_command
+from mailmigrator.adapters.proxy.protocol_errors import (
     CommandSyntaxError,
     authentication_failed,
     imap_reply,
     migration_in_progress,
     pop3_reply,
 )
-from mailmigrator.adapters.throttle import Attempt, LoginThrottle
+from mailmigrator.adapters.proxy.throttle import Attempt, LoginThrottle
 
 
 def commands(data: bytes, **limits: int) -> list[object]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 
-from mailmigrator.adapters.backend import BackendRejected, BackendSession, BackendUnavailable
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.login_routing import LoginRouter, RoutingSettings, StoreCalls
-from mailmigrator.adapters.protocol_errors import ServerError, UserError
+from mailmigrator.adapters.proxy.backends import BackendRejected, BackendSession, BackendUnavailable
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.proxy.login_routing import LoginRouter, RoutingSettings, StoreCalls
+from mailmigrator.adapters.proxy.protocol_errors import ServerError, UserError
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.projections.accounts import event_name
 

@@ -7,7 +7,7 @@ import base64
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mailmigrator.adapters.imap_protocol import (
+from mailmigrator.adapters.proxy.imap_protocol import (
     ContinuationNeeded,
     Framed,
     ImapCommandReader,
@@ -17,8 +17,8 @@ from mailmigrator.adapters.imap_protocol import (
     parse_command,
     parse_sasl_line,
 )
-from mailmigrator.adapters.pop3_protocol import LineTooLong, Pop3LineReader, parse_pop3_command
-from mailmigrator.adapters.protocol_errors import CommandSyntaxError
+from mailmigrator.adapters.proxy.pop3_protocol import LineTooLong, Pop3LineReader, parse_pop3_command
+from mailmigrator.adapters.proxy.protocol_errors import CommandSyntaxError
 
 FUZZ = settings(max_examples=300, deadline=None)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mailmigrator.adapters.protocol_errors import CommandSyntaxError
+from mailmigrator.adapters.proxy.protocol_errors import CommandSyntaxError
 
 # RFC 2449 section 4: a command line is at most 255 octets; AUTH lines may be
 # longer (RFC 5034 section 4 raises the limit for them), so we allow more.

@@ -19,16 +19,16 @@ from typing import Any, Literal, Protocol, TypeVar
 import structlog
 import trio
 
-from mailmigrator.adapters.backend import BackendRejected, BackendSession, BackendUnavailable
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.mail_connection import describe_error
-from mailmigrator.adapters.protocol_errors import (
+from mailmigrator.adapters.proxy.backends import BackendRejected, BackendSession, BackendUnavailable
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.mail.connection import describe_error
+from mailmigrator.adapters.proxy.protocol_errors import (
     ServerError,
     UserError,
     authentication_failed,
     migration_in_progress,
 )
-from mailmigrator.adapters.provisioning import Provisioner
+from mailmigrator.adapters.accounts.provisioning import Provisioner
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound, DomainError, InvalidLogin
 from mailmigrator.domain.logins import local_part, normalise_login

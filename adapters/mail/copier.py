@@ -38,10 +38,10 @@ from typing import Any, TypeVar
 import structlog
 import trio
 
-from mailmigrator.adapters.adaptive_limit import AdaptiveLimit
-from mailmigrator.adapters.imap_target import ImapTarget
-from mailmigrator.adapters.mail_connection import LoginPlan, describe_error, is_transient
-from mailmigrator.adapters.message_source import (
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
+from mailmigrator.adapters.imap.target import ImapTarget
+from mailmigrator.adapters.mail.connection import LoginPlan, describe_error, is_transient
+from mailmigrator.adapters.mail.message_source import (
     FetchedMessage,
     FolderListing,
     FolderTotals,

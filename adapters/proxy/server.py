@@ -21,9 +21,9 @@ from typing import Literal
 import structlog
 import trio
 
-from mailmigrator.adapters.backend import BackendSession
-from mailmigrator.adapters.connection_slots import ConnectionSlots
-from mailmigrator.adapters.imap_protocol import (
+from mailmigrator.adapters.proxy.backends import BackendSession
+from mailmigrator.adapters.proxy.connection_slots import ConnectionSlots
+from mailmigrator.adapters.proxy.imap_protocol import (
     DEFAULT_MAX_LINE,
     DEFAULT_MAX_LITERAL,
     PRE_AUTH_COMMANDS,
@@ -37,13 +37,13 @@ from mailmigrator.adapters.imap_protocol import (
     parse_command,
     parse_sasl_line,
 )
-from mailmigrator.adapters.login_routing import LoginRouter, Routed
-from mailmigrator.adapters.pop3_protocol import (
+from mailmigrator.adapters.proxy.login_routing import LoginRouter, Routed
+from mailmigrator.adapters.proxy.pop3_protocol import (
     LineTooLong,
     Pop3LineReader,
     parse_pop3_command,
 )
-from mailmigrator.adapters.protocol_errors import (
+from mailmigrator.adapters.proxy.protocol_errors import (
     CommandSyntaxError,
     ProtocolError,
     ServerError,
@@ -51,7 +51,7 @@ from mailmigrator.adapters.protocol_errors import (
     imap_reply,
     pop3_reply,
 )
-from mailmigrator.adapters.throttle import LoginThrottle
+from mailmigrator.adapters.proxy.throttle import LoginThrottle
 
 log = structlog.get_logger("mailmigrator.proxy")
 

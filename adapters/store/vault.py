@@ -18,8 +18,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mailmigrator.adapters.key_files import write_key_file
-from mailmigrator.adapters.sql_tables import SqlTables, create_tables_racing, rowcount
+from mailmigrator.adapters.store.key_files import write_key_file
+from mailmigrator.adapters.store.sql_tables import SqlTables, create_tables_racing, rowcount
 from mailmigrator.domain.errors import ExplainedError
 
 

@@ -12,8 +12,8 @@ import contextlib
 import poplib
 from collections.abc import Sequence
 
-from mailmigrator.adapters.credentials import UnsendableCredentials, credential_bytes, sasl_plain
-from mailmigrator.adapters.mail_connection import (
+from mailmigrator.adapters.mail.credentials import UnsendableCredentials, credential_bytes, sasl_plain
+from mailmigrator.adapters.mail.connection import (
     SOCKET_TIMEOUT,
     LoginPlan,
     LoginRefused,
@@ -21,7 +21,7 @@ from mailmigrator.adapters.mail_connection import (
     login_failure,
     tls_context,
 )
-from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, SourceMessage
+from mailmigrator.adapters.mail.message_source import FetchedMessage, FolderListing, SourceMessage
 from mailmigrator.domain.fingerprint import received_date
 from mailmigrator.domain.folders import ListedFolder, Namespace
 

@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from mailmigrator.adapters.sql_tables import SqlTables, create_tables_racing
+from mailmigrator.adapters.store.sql_tables import SqlTables, create_tables_racing
 
 
 class NodeStatusTable(SqlTables):

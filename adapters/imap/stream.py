@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from mailmigrator.adapters.imap_responses import one_line
-from mailmigrator.adapters.imap_wire import (
+from mailmigrator.adapters.imap.responses import one_line
+from mailmigrator.adapters.imap.wire import (
     AppendItem,
     FetchedItems,
     WireSyntaxError,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from mailmigrator.adapters.key_files import write_key_file
+from mailmigrator.adapters.store.key_files import write_key_file
 from mailmigrator.domain.errors import DomainError
 
 

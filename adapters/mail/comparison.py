@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailmigrator.adapters.copier import batches
-from mailmigrator.adapters.message_source import MessageSource
+from mailmigrator.adapters.mail.copier import batches
+from mailmigrator.adapters.mail.message_source import MessageSource
 from mailmigrator.domain.folders import plan_folders, special_use_names
 
 # Flags the new server may set or drop by itself.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mailmigrator.ops.testbed import DovecotServer, make_message, make_new_server, make_old_server, seed_bulk
+from testbed import DovecotServer, make_message, make_new_server, make_old_server, seed_bulk
 
 USERS = {"ann@example.com": "Ann's old pw 1", "cat@example.com": "cat-pop3-pw"}
 NOTICE = "notice@example.com"

@@ -8,8 +8,8 @@ worker thread.
 
 from __future__ import annotations
 
-from mailmigrator.adapters.imap_connection import close_imap, open_imap
-from mailmigrator.adapters.mail_connection import LoginPlan, ServerAddress
+from mailmigrator.adapters.imap.connection import close_imap, open_imap
+from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
 
 RECIPIENT_FIELDS = ("TO", "CC", "DELIVERED-TO", "X-ENVELOPE-TO")
 # Enough mail to see every address in use, bounded so that a huge INBOX stays cheap.

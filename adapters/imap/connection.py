@@ -8,9 +8,9 @@ import imaplib
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from mailmigrator.adapters.imap_responses import is_transient_response, one_line
-from mailmigrator.adapters.credentials import UnsendableCredentials, credential_bytes, sasl_plain
-from mailmigrator.adapters.mail_connection import (
+from mailmigrator.adapters.imap.responses import is_transient_response, one_line
+from mailmigrator.adapters.mail.credentials import UnsendableCredentials, credential_bytes, sasl_plain
+from mailmigrator.adapters.mail.connection import (
     SOCKET_TIMEOUT,
     LoginPlan,
     LoginRefused,

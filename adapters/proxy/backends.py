@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from mailmigrator.adapters.credentials import Credentials, UnsendableCredentials, credential_bytes, sasl_plain
-from mailmigrator.adapters.imap_protocol import quote
+from mailmigrator.adapters.mail.credentials import Credentials, UnsendableCredentials, credential_bytes, sasl_plain
+from mailmigrator.adapters.proxy.imap_protocol import quote
 from mailmigrator.domain.errors import ExplainedError
 
 CONNECT_TIMEOUT = 10.0

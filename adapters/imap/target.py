@@ -9,18 +9,18 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from mailmigrator.adapters.imap_connection import (
+from mailmigrator.adapters.imap.connection import (
     close_imap,
     imap_failure,
     listed_folders,
     namespace_of,
     open_imap,
 )
-from mailmigrator.adapters.imap_responses import is_transient_response, one_line, parse_appenduid
-from mailmigrator.adapters.imap_stream import ImapStream
-from mailmigrator.adapters.imap_wire import AppendItem
-from mailmigrator.adapters.mail_connection import LoginPlan, ServerAddress, TransientFailure
-from mailmigrator.adapters.message_source import FetchedMessage
+from mailmigrator.adapters.imap.responses import is_transient_response, one_line, parse_appenduid
+from mailmigrator.adapters.imap.stream import ImapStream
+from mailmigrator.adapters.imap.wire import AppendItem
+from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress, TransientFailure
+from mailmigrator.adapters.mail.message_source import FetchedMessage
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import ListedFolder, Namespace, special_use_names
 

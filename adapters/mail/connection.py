@@ -13,9 +13,9 @@ from pathlib import Path
 import structlog
 from imapclient.exceptions import IMAPClientError
 
-from mailmigrator.adapters.adaptive_limit import overload_sign
-from mailmigrator.adapters.credentials import Credentials
-from mailmigrator.adapters.imap_responses import is_transient_response, one_line
+from mailmigrator.adapters.mail.adaptive_limit import overload_sign
+from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.adapters.imap.responses import is_transient_response, one_line
 from mailmigrator.domain.errors import ExplainedError
 
 log = structlog.get_logger("mailmigrator.connection")

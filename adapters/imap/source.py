@@ -7,17 +7,17 @@ from collections.abc import Sequence
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from mailmigrator.adapters.imap_connection import (
+from mailmigrator.adapters.imap.connection import (
     close_imap,
     imap_failure,
     listed_folders,
     namespace_of,
     open_imap,
 )
-from mailmigrator.adapters.imap_stream import ImapStream
-from mailmigrator.adapters.imap_wire import WireSyntaxError, parse_internaldate
-from mailmigrator.adapters.mail_connection import LoginPlan, MailConnectionError, ServerAddress
-from mailmigrator.adapters.message_source import FetchedMessage, FolderListing, SourceMessage
+from mailmigrator.adapters.imap.stream import ImapStream
+from mailmigrator.adapters.imap.wire import WireSyntaxError, parse_internaldate
+from mailmigrator.adapters.mail.connection import LoginPlan, MailConnectionError, ServerAddress
+from mailmigrator.adapters.mail.message_source import FetchedMessage, FolderListing, SourceMessage
 from mailmigrator.domain.folders import ListedFolder, Namespace
 
 # \Recent belongs to the session (RFC 3501 section 2.3.2) and cannot be APPENDed.
