@@ -95,7 +95,7 @@ def _path(value: object, info: ValidationInfo) -> Path | None:
     return base / path if base is not None and not path.is_absolute() else path
 
 
-def _strings(value: object) -> object:
+def _strings(value: object) -> tuple[str, ...]:
     if isinstance(value, tuple):
         return value
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -103,7 +103,7 @@ def _strings(value: object) -> object:
     return tuple(value)
 
 
-def _endpoints(value: object) -> object:
+def _endpoints(value: object) -> tuple[Endpoint, ...]:
     if isinstance(value, tuple):
         return value
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -117,7 +117,7 @@ def _endpoints(value: object) -> object:
     return tuple(endpoints)
 
 
-def _domains(value: object) -> object:
+def _domains(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _refusal(' must be a table of "IP" = "domain"')
     domains = {}
