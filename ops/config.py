@@ -1,6 +1,7 @@
 """The configuration file: strict TOML, every key typed, relative paths resolved.
 
-Keys and meanings follow the contract in shared/spec/config.example.toml.
+Keys and meanings follow the contract in shared/spec/config.example.toml; the
+models below are the schema (one per TOML section) and hold every default.
 An unknown key, a wrong type or a bad value is a `ConfigError` whose message
 is one line naming the key and what to do.
 """
@@ -12,11 +13,26 @@ import os
 import socket
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from mailmigrator.adapters.scripts.post_migrate import PASSWORD_HANDOVERS
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from mailmigrator.adapters.scripts.post_migrate import PasswordHandover
 from mailmigrator.domain.errors import ExplainedError
 
 
@@ -34,111 +50,296 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
-class StoreConfig:
-    url: str
-    encryption_key_file: Path | None = None
+class _Origin:
+    """The validation context: where the file is, for its relative paths and file-relative defaults."""
+
+    path: Path
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    return info.context.path.parent if isinstance(info.context, _Origin) else None
+
+
+def _refusal(message: str, key: str | None = None) -> PydanticCustomError:
+    """A bad value; `message` follows the key's name. `key` names it for checks that see the whole section."""
+    return PydanticCustomError("config", "{message}", {"message": message} | ({"key": key} if key else {}))
+
+
+def _split_host_port(value: str, key: str | None = None) -> tuple[str, int | None]:
+    """`host`, `host:port` or `[v6 address]:port`; a bare IPv6 address has no port."""
+    value = value.strip()
+    if not value:
+        raise _refusal(" is empty", key)
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _refusal(f": {port_text!r} is not a port number (1-65535)", key)
+    return host, int(port_text)
+
+
+def _path(value: object, info: ValidationInfo) -> Path | None:
+    if value is None or isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise _refusal(" must be a path in quotes")
+    if value == "":
+        return None
+    path, base = Path(value), _base_dir(info)
+    return base / path if base is not None and not path.is_absolute() else path
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _refusal(' must be a list of strings, e.g. ["Trash"]')
+    return tuple(value)
+
+
+def _endpoints(value: object) -> tuple[Endpoint, ...]:
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _refusal(' must be a list of "address:port" strings')
+    endpoints = []
+    for item in value:
+        host, port = _split_host_port(item)
+        if port is None:
+            raise _refusal(f': {item!r} has no port; write "address:port"')
+        endpoints.append(Endpoint(host, port))
+    return tuple(endpoints)
+
+
+def _domains(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _refusal(' must be a table of "IP" = "domain"')
+    domains = {}
+    for address, domain in value.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise _refusal(f": {address!r} is not an IP address") from None
+        if not isinstance(domain, str) or "." not in domain:
+            raise _refusal(f": {address!r} must map to a domain name string")
+        domains[address] = domain.strip().lower()
+    return domains
+
+
+ConfigPath = Annotated[Path | None, BeforeValidator(_path)]
+Strings = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+Endpoints = Annotated[tuple[Endpoint, ...], BeforeValidator(_endpoints)]
+Domains = Annotated[dict[str, str], BeforeValidator(_domains)]
+Stripped = Annotated[str, AfterValidator(str.strip)]
+Folded = Annotated[str, AfterValidator(lambda text: text.strip().lower())]
+TlsMode = Literal["detect", "direct", "disable"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _with_standard_ports(data: object, imap_key: str, host_port_key: str) -> object:
+    """Move a port written into `host` to `host_port_key`; unset ports are the standard ones of the TLS mode."""
+    if not isinstance(data, dict):
+        return data
+    values = dict(data)
+    host = values.get("host")
+    if isinstance(host, str):
+        values["host"], port = _split_host_port(host, "host")
+        if port is not None:
+            values.setdefault(host_port_key, port)
+    direct = values.get("tls") == "direct"
+    values.setdefault(imap_key, 993 if direct else 143)
+    values.setdefault("pop3_port", 995 if direct else 110)
+    return values
+
+
+class _Section(BaseModel):
+    # strict: TOML values are typed already, so "143" is not a port and 1 is not true.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class StoreConfig(_Section):
+    url: str = Field(default="", validate_default=True)
+    encryption_key_file: ConfigPath = None
     lock_timeout: float = 10.0
     # The credential vault's AES key; created with mode 0600 on first use.
-    credential_key_file: Path | None = None
+    credential_key_file: ConfigPath = Field(default=None, validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _sqlite_beside_the_file(cls, url: str, info: ValidationInfo) -> str:
+        base = _base_dir(info)
+        return f"sqlite://{base / 'mailmigrator.sqlite'}" if not url and base is not None else url
+
+    @field_validator("credential_key_file")
+    @classmethod
+    def _key_beside_the_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        base = _base_dir(info)
+        return base / "credentials.key" if path is None and base is not None else path
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    host: str
-    protocol: str = "imap"
-    tls: str = "detect"
-    imap_port: int = 143
-    pop3_port: int = 110
-    ca_file: Path | None = None
+class SourceConfig(_Section):
+    host: str = Field(description='name or IP of the old server, e.g. "old.example.com"')
+    protocol: Literal["imap", "pop3", "both"] = "imap"
+    tls: TlsMode = "detect"
+    imap_port: Port
+    pop3_port: Port
+    ca_file: ConfigPath = None
     verify_certificate: bool = True
-    login_format: str = "as-typed"
+    login_format: Literal["as-typed", "email", "local-part"] = "as-typed"
     admin_user: str = ""
-    admin_password_file: Path | None = None
-    admin_login: str = "sasl"
+    admin_password_file: ConfigPath = None
+    admin_login: Literal["sasl", "dovecot-master"] = "sasl"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ports(cls, data: object) -> object:
+        protocol = data.get("protocol") if isinstance(data, dict) else None
+        return _with_standard_ports(data, "imap_port", "pop3_port" if protocol == "pop3" else "imap_port")
+
+    @model_validator(mode="after")
+    def _admin_login_has_a_password(self) -> SourceConfig:
+        if self.admin_user and not self.admin_password_file:
+            raise _refusal(" needs admin_password_file (a file of mode 0600 holding the password)", "admin_user")
+        return self
 
 
-@dataclass(frozen=True)
-class TargetConfig:
+class TargetConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 143
-    pop3_port: int = 110
-    tls: str = "disable"
-    ca_file: Path | None = None
+    port: Port
+    pop3_port: int = Field(ge=0, le=65535, description="0 = no POP3 on the new server")
+    tls: TlsMode = "disable"
+    ca_file: ConfigPath = None
     verify_certificate: bool = True
     master_user: str = ""
-    master_password_file: Path | None = None
-    provisioning: str = "passwd-file"
-    passwd_file: Path | None = None
-    password_scheme: str = "SHA512-CRYPT"
+    master_password_file: ConfigPath = None
+    provisioning: Literal["passwd-file", "postgresql"] = "passwd-file"
+    passwd_file: ConfigPath = None
+    password_scheme: Literal["SHA512-CRYPT", "SHA256-CRYPT", "ARGON2ID", "BLF-CRYPT"] = "SHA512-CRYPT"
     postgresql_url: str = ""
     postgresql_table: str = "users"
-    alias_map: Path | None = None
+    alias_map: ConfigPath = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ports(cls, data: object) -> object:
+        return _with_standard_ports(data, "port", "port")
+
+    @model_validator(mode="after")
+    def _postgresql_has_a_url(self) -> TargetConfig:
+        if self.provisioning == "postgresql" and not self.postgresql_url:
+            raise _refusal(' = "postgresql" needs postgresql_url', "provisioning")
+        return self
 
 
-@dataclass(frozen=True)
-class ProxyConfig:
-    imap: tuple[Endpoint, ...] = ()
-    imaps: tuple[Endpoint, ...] = ()
-    pop3: tuple[Endpoint, ...] = ()
-    pop3s: tuple[Endpoint, ...] = ()
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+class ProxyConfig(_Section):
+    imap: Endpoints = ()
+    imaps: Endpoints = ()
+    pop3: Endpoints = ()
+    pop3s: Endpoints = ()
+    tls_cert: ConfigPath = None
+    tls_key: ConfigPath = None
     require_tls_for_login: bool = False
-    # Connection limits (the proxy's own; see adapters/proxy/server.py ProxyLimits).
-    max_connections: int = 20_000
-    max_connections_per_address: int = 1_000
-    login_timeout: float = 120.0
-    send_timeout: float = 30.0
-    relay_send_timeout: float = 600.0
+    # Connection limits (the proxy's own, see ProxyLimits).
+    max_connections: int = Field(default=20_000, gt=0)
+    max_connections_per_address: int = Field(default=1_000, gt=0)
+    login_timeout: float = Field(default=120.0, gt=0, description="seconds")
+    send_timeout: float = Field(default=30.0, gt=0, description="seconds")
+    relay_send_timeout: float = Field(default=600.0, gt=0, description="seconds")
+
+    @model_validator(mode="after")
+    def _tls_listeners_have_a_certificate(self) -> ProxyConfig:
+        if (self.imaps or self.pop3s) and not (self.tls_cert and self.tls_key):
+            raise _refusal(" listeners need tls_cert and tls_key", "imaps/pop3s")
+        return self
 
 
-@dataclass(frozen=True)
-class MigrationConfig:
-    migration_account: str = ""
-    log_file: Path | None = None
-    access_mode: str = "username"
+class MigrationConfig(_Section):
+    migration_account: Folded = ""
+    log_file: ConfigPath = None
+    access_mode: Literal["username", "standard", "extended"] = "username"
     use_x_envelope_to: bool = True
     passwords_only: bool = False
-    post_migrate_script: Path | None = None
-    post_migrate_timeout: float = 60.0
+    post_migrate_script: ConfigPath = None
+    post_migrate_timeout: float = Field(default=60.0, gt=0, description="seconds")
     # How the script gets the password: stdin (a line), env (MAILMIGRATOR_PASSWORD) or argv (visible in `ps`).
-    post_migrate_password: str = "stdin"
-    primary_domain: str = ""
-    concurrency: int = 4
-    connections_per_source_host: int = 8
+    post_migrate_password: PasswordHandover = "stdin"
+    primary_domain: Folded = ""
+    concurrency: int = Field(default=4, ge=1, description="accounts copied at the same time")
+    connections_per_source_host: int = Field(default=8, ge=1)
     adaptive_connections: bool = True
-    exclude_folders: tuple[str, ...] = ()
-    max_message_size: int = 0
-    domains: dict[str, str] = field(default_factory=dict)
+    exclude_folders: Strings = ()
+    max_message_size: int = Field(default=0, ge=0, description="bytes; 0 = no limit")
+    domains: Domains = Field(default_factory=dict)
     # Several nodes on one store: who this node is, and how long its claim on an account lasts unrenewed.
-    node_name: str = ""
-    lease_seconds: float = 120.0
+    node_name: Stripped = Field(default="", description='default "hostname/first proxy listener"')
+    lease_seconds: float = Field(default=120.0, ge=5, description="seconds a node's claim on an account lasts")
 
 
-@dataclass(frozen=True)
-class AdminConfig:
-    listen: tuple[Endpoint, ...] = ()
-    password_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+class AdminConfig(_Section):
+    listen: Endpoints = ()
+    password_file: ConfigPath = None
+    tls_cert: ConfigPath = None
+    tls_key: ConfigPath = None
 
 
-@dataclass(frozen=True)
-class Config:
-    path: Path
+class Config(_Section):
+    """The whole file; each field is one section, and an absent or empty section is the field's default."""
+
     store: StoreConfig
-    source: SourceConfig | None
-    target: TargetConfig | None
-    proxy: ProxyConfig
-    migration: MigrationConfig
-    admin: AdminConfig
+    source: SourceConfig | None = None
+    target: TargetConfig | None = None
+    proxy: ProxyConfig = ProxyConfig()
+    migration: MigrationConfig = MigrationConfig()
+    # Without an [admin] table the console listens on loopback; a table without `listen` means no console.
+    admin: AdminConfig = AdminConfig(listen=(Endpoint("127.0.0.1", 8025),))
+    _path: Path = PrivateAttr(default_factory=lambda: default_config_path().absolute())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_section_is_empty(cls, data: object) -> object:
+        # [store]'s defaults depend on the file's directory, so it is validated even when absent.
+        return {name: {} for name in cls.model_fields} | data if isinstance(data, dict) else data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _table(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, BaseModel):
+            return value
+        if not isinstance(value, dict):
+            raise _refusal(" must be a table")
+        field = cls.model_fields[info.field_name or ""]
+        return value if value or field.is_required() else field.get_default()
+
+    @field_validator("migration")
+    @classmethod
+    def _node_name(cls, migration: MigrationConfig, info: ValidationInfo) -> MigrationConfig:
+        proxy = info.data.get("proxy")
+        if migration.node_name or not isinstance(proxy, ProxyConfig):
+            return migration
+        return migration.model_copy(update={"node_name": default_node_name(proxy)})
+
+    @model_validator(mode="after")
+    def _remember_the_file(self, info: ValidationInfo) -> Config:
+        if isinstance(info.context, _Origin):
+            self._path = info.context.path
+        return self
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent
+        return self._path.parent
 
-    def general_settings(self) -> dict[str, Any]:
-        """The seed's General tab as recorded on the run: no secrets, primitives only."""
+    def general_settings(self) -> dict[str, str | bool | dict[str, str]]:
+        """The General tab as recorded on the run: no secrets, primitives only."""
         source = self.source
         m = self.migration
         return {
@@ -155,195 +356,8 @@ class Config:
         }
 
 
-# key -> (type, default); a type is a python type, or a tuple of allowed strings.
-_STRING, _INT, _BOOL, _FLOAT, _PATH, _LIST, _ENDPOINTS = "str", "int", "bool", "float", "path", "list", "endpoints"
-
-_SCHEMA: dict[str, dict[str, Any]] = {
-    "store": {"url": _STRING, "encryption_key_file": _PATH, "lock_timeout": _FLOAT, "credential_key_file": _PATH},
-    "source": {
-        "host": _STRING,
-        "protocol": ("imap", "pop3", "both"),
-        "tls": ("detect", "direct", "disable"),
-        "imap_port": _INT,
-        "pop3_port": _INT,
-        "ca_file": _PATH,
-        "verify_certificate": _BOOL,
-        "login_format": ("as-typed", "email", "local-part"),
-        "admin_user": _STRING,
-        "admin_password_file": _PATH,
-        "admin_login": ("sasl", "dovecot-master"),
-    },
-    "target": {
-        "host": _STRING,
-        "port": _INT,
-        "pop3_port": _INT,
-        "tls": ("detect", "direct", "disable"),
-        "ca_file": _PATH,
-        "verify_certificate": _BOOL,
-        "master_user": _STRING,
-        "master_password_file": _PATH,
-        "provisioning": ("passwd-file", "postgresql"),
-        "passwd_file": _PATH,
-        "password_scheme": ("SHA512-CRYPT", "SHA256-CRYPT", "ARGON2ID", "BLF-CRYPT"),
-        "postgresql_url": _STRING,
-        "postgresql_table": _STRING,
-        "alias_map": _PATH,
-    },
-    "proxy": {
-        "imap": _ENDPOINTS,
-        "imaps": _ENDPOINTS,
-        "pop3": _ENDPOINTS,
-        "pop3s": _ENDPOINTS,
-        "tls_cert": _PATH,
-        "tls_key": _PATH,
-        "require_tls_for_login": _BOOL,
-        "max_connections": _INT,
-        "max_connections_per_address": _INT,
-        "login_timeout": _FLOAT,
-        "send_timeout": _FLOAT,
-        "relay_send_timeout": _FLOAT,
-    },
-    "migration": {
-        "migration_account": _STRING,
-        "log_file": _PATH,
-        "access_mode": ("username", "standard", "extended"),
-        "use_x_envelope_to": _BOOL,
-        "passwords_only": _BOOL,
-        "post_migrate_script": _PATH,
-        "post_migrate_timeout": _FLOAT,
-        "post_migrate_password": PASSWORD_HANDOVERS,
-        "primary_domain": _STRING,
-        "concurrency": _INT,
-        "connections_per_source_host": _INT,
-        "adaptive_connections": _BOOL,
-        "exclude_folders": _LIST,
-        "max_message_size": _INT,
-        "domains": "table",
-        "node_name": _STRING,
-        "lease_seconds": _FLOAT,
-    },
-    "admin": {"listen": _ENDPOINTS, "password_file": _PATH, "tls_cert": _PATH, "tls_key": _PATH},
-}
-
-
 def default_config_path() -> Path:
     return Path(os.environ.get("MAILMIGRATOR_CONFIG") or "mailmigrator.toml")
-
-
-def load_config(path: Path, *, allow_missing: bool = False) -> Config:
-    """Read and check the configuration file at `path`.
-
-    With `allow_missing`, a file that does not exist gives the defaults
-    (an SQLite store beside where the file would be).
-    """
-    path = path.resolve() if path.exists() else Path(os.path.abspath(path))
-    if not path.exists():
-        if not allow_missing:
-            raise ConfigError(f"config file {path} does not exist; pass --config FILE or set MAILMIGRATOR_CONFIG")
-        raw: dict[str, Any] = {}
-    else:
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"config file {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return _build(path, raw)
-
-
-def _build(path: Path, raw: dict[str, Any]) -> Config:
-    base = path.parent
-    for section, value in raw.items():
-        if section not in _SCHEMA:
-            raise ConfigError(f"unknown section [{section}] in {path.name}; known: {', '.join(_SCHEMA)}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{section} must be a table [{section}]")
-    sections = {name: _section(name, raw.get(name, {}), base) for name in _SCHEMA}
-
-    store = sections["store"]
-    store_cfg = StoreConfig(
-        url=store.get("url") or f"sqlite://{base / 'mailmigrator.sqlite'}",
-        encryption_key_file=store.get("encryption_key_file"),
-        lock_timeout=store.get("lock_timeout", 10.0),
-        credential_key_file=store.get("credential_key_file") or base / "credentials.key",
-    )
-
-    source_cfg = None
-    if raw.get("source"):
-        s = dict(sections["source"])
-        if not s.get("host"):
-            raise ConfigError("[source] host is missing: name the old server, e.g. host = \"old.example.com\"")
-        host, port = _split_host_port(s["host"], "[source] host")
-        s["host"] = host
-        direct = s.get("tls", "detect") == "direct"
-        imap_default, pop3_default = (993, 995) if direct else (143, 110)
-        if port is not None:
-            if s.get("protocol", "imap") == "pop3":
-                s.setdefault("pop3_port", port)
-            else:
-                s.setdefault("imap_port", port)
-        s.setdefault("imap_port", imap_default)
-        s.setdefault("pop3_port", pop3_default)
-        if s.get("admin_user") and not s.get("admin_password_file"):
-            raise ConfigError("[source] admin_user needs admin_password_file (a file of mode 0600 holding the password)")
-        source_cfg = SourceConfig(**s)
-
-    target_cfg = None
-    if raw.get("target"):
-        t = dict(sections["target"])
-        if "host" in t:
-            host, port = _split_host_port(t["host"], "[target] host")
-            t["host"] = host
-            if port is not None:
-                t.setdefault("port", port)
-        # As in [source]: the standard ports; 0 stays an explicit "no POP3 on the new server".
-        direct = t.get("tls") == "direct"
-        t.setdefault("port", 993 if direct else 143)
-        t.setdefault("pop3_port", 995 if direct else 110)
-        if t.get("provisioning", "passwd-file") == "postgresql" and not t.get("postgresql_url"):
-            raise ConfigError("[target] provisioning = \"postgresql\" needs postgresql_url")
-        target_cfg = TargetConfig(**t)
-
-    proxy_cfg = ProxyConfig(**sections["proxy"])
-    if (proxy_cfg.imaps or proxy_cfg.pop3s) and not (proxy_cfg.tls_cert and proxy_cfg.tls_key):
-        raise ConfigError("[proxy] imaps/pop3s listeners need tls_cert and tls_key")
-    for key in ("max_connections", "max_connections_per_address", "login_timeout", "send_timeout", "relay_send_timeout"):
-        if getattr(proxy_cfg, key) <= 0:
-            raise ConfigError(f"[proxy] {key} must be a positive number")
-
-    m = dict(sections["migration"])
-    if "domains" in m:
-        m["domains"] = _domains(m["domains"])
-    if m.get("concurrency", 4) < 1:
-        raise ConfigError("[migration] concurrency must be at least 1")
-    if m.get("connections_per_source_host", 8) < 1:
-        raise ConfigError("[migration] connections_per_source_host must be at least 1")
-    if m.get("max_message_size", 0) < 0:
-        raise ConfigError("[migration] max_message_size must be 0 (no limit) or a positive number of bytes")
-    if m.get("post_migrate_timeout", 60.0) <= 0:
-        raise ConfigError("[migration] post_migrate_timeout must be a positive number of seconds")
-    if m.get("lease_seconds", 120.0) < 5:
-        raise ConfigError("[migration] lease_seconds must be at least 5 (seconds a node's claim on an account lasts)")
-    m["node_name"] = str(m.get("node_name", "")).strip() or default_node_name(proxy_cfg)
-    primary = str(m.get("primary_domain", "")).strip().lower()
-    m["primary_domain"] = primary
-    m["migration_account"] = str(m.get("migration_account", "")).strip().lower()
-    migration_cfg = MigrationConfig(**m)
-
-    admin_cfg = AdminConfig(**sections["admin"]) if raw.get("admin") else AdminConfig(
-        listen=(Endpoint("127.0.0.1", 8025),)
-    )
-    return Config(
-        path=path,
-        store=store_cfg,
-        source=source_cfg,
-        target=target_cfg,
-        proxy=proxy_cfg,
-        migration=migration_cfg,
-        admin=admin_cfg,
-    )
 
 
 def default_node_name(proxy: ProxyConfig) -> str:
@@ -353,96 +367,85 @@ def default_node_name(proxy: ProxyConfig) -> str:
     return f"{host}/{listeners[0]}" if listeners else host
 
 
-def _section(name: str, values: dict[str, Any], base: Path) -> dict[str, Any]:
-    schema = _SCHEMA[name]
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if name == "migration" and key == "domains":
-            if not isinstance(value, dict):
-                raise ConfigError("[migration.domains] must be a table of \"IP\" = \"domain\"")
-            out[key] = value
-            continue
-        kind = schema.get(key)
-        if kind is None:
-            raise ConfigError(f"unknown key [{name}] {key}; check its spelling against ops/mailmigrator.example.toml")
-        out[key] = _convert(f"[{name}] {key}", kind, value, base)
-    return out
+def load_config(path: Path, *, allow_missing: bool = False) -> Config:
+    """Read and check the configuration file at `path`.
+
+    With `allow_missing`, a file that does not exist gives the defaults
+    (an SQLite store beside where the file would be).
+    """
+    path = path.resolve() if path.exists() else Path(os.path.abspath(path))
+    try:
+        return Config.model_validate(_read_toml(path, allow_missing), context=_Origin(path))
+    except ValidationError as e:
+        raise _one_line(e, path) from None
 
 
-def _convert(where: str, kind: Any, value: Any, base: Path) -> Any:
-    if isinstance(kind, tuple):
-        if value not in kind:
-            raise ConfigError(f"{where} = {value!r} is not one of: {', '.join(kind)}")
-        return value
-    if kind == _STRING:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string (in quotes)")
-        return value
-    if kind == _INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be a whole number")
-        return value
-    if kind == _FLOAT:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number")
-        return float(value)
-    if kind == _BOOL:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
-    if kind == _PATH:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a path in quotes")
-        if value == "":
-            return None
-        p = Path(value)
-        return p if p.is_absolute() else base / p
-    if kind == _LIST:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, e.g. [\"Trash\"]")
-        return tuple(value)
-    if kind == _ENDPOINTS:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of \"address:port\" strings")
-        endpoints = []
-        for item in value:
-            host, port = _split_host_port(item, where)
-            if port is None:
-                raise ConfigError(f"{where}: {item!r} has no port; write \"address:port\"")
-            endpoints.append(Endpoint(host, port))
-        return tuple(endpoints)
-    raise AssertionError(kind)  # pragma: no cover
+def _read_toml(path: Path, allow_missing: bool) -> dict[str, Any]:
+    if not path.exists():
+        if not allow_missing:
+            raise ConfigError(f"config file {path} does not exist; pass --config FILE or set MAILMIGRATOR_CONFIG")
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def _split_host_port(value: str, where: str) -> tuple[str, int | None]:
-    value = value.strip()
-    if not value:
-        raise ConfigError(f"{where} is empty")
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-    else:
-        host, port_text = value, ""
-    if not port_text:
-        return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{where}: {port_text!r} is not a port number (1-65535)")
-    return host, int(port_text)
+def _one_line(error: ValidationError, path: Path) -> ConfigError:
+    """The first problem as `[section] key <what is wrong>`; a misspelt key is named before what it left missing."""
+    problems = error.errors(include_url=False)
+    problem = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
+    loc = [str(part) for part in problem["loc"]] + [str(k) for k in [problem.get("ctx", {}).get("key")] if k]
+    if not loc:
+        return ConfigError(f"config file {path}: {problem['msg']}")
+    if problem["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return ConfigError(f"unknown section [{loc[0]}] in {path.name}; known: {', '.join(Config.model_fields)}")
+        return ConfigError(f"unknown key [{loc[0]}] {loc[1]}; check its spelling against ops/mailmigrator.example.toml")
+    field = _field(loc[0], loc[1]) if len(loc) > 1 else None
+    where = f"[{loc[0]}] {loc[1]}" if len(loc) > 1 else f"[{loc[0]}]"
+    if problem["type"] == "config" or field is None or not field.description:
+        return ConfigError(where + _complaint(problem, field))
+    return ConfigError(f"{where}{_complaint(problem, field)} ({field.description})")
 
 
-def _domains(table: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for address, domain in table.items():
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ConfigError(f"[migration.domains] {address!r} is not an IP address") from None
-        if not isinstance(domain, str) or "." not in domain:
-            raise ConfigError(f"[migration.domains] {address!r} must map to a domain name string")
-        out[address] = domain.strip().lower()
-    return out
+_TYPE_COMPLAINTS = {
+    "missing": " is missing",
+    "string_type": " must be a string (in quotes)",
+    "int_type": " must be a whole number",
+    "float_type": " must be a number",
+    "bool_type": " must be true or false",
+    "model_type": " must be a table",
+}
+
+
+def _complaint(problem: ErrorDetails, field: FieldInfo | None) -> str:
+    kind, ctx = problem["type"], problem.get("ctx", {})
+    if kind in _TYPE_COMPLAINTS:
+        return _TYPE_COMPLAINTS[kind]
+    if kind == "config":
+        return str(ctx["message"])
+    if kind == "literal_error":
+        choices = get_args(field.annotation) if field is not None else ()
+        return f" = {problem['input']!r} is not one of: {', '.join(map(str, choices)) or ctx['expected']}"
+    if kind == "greater_than":
+        return " must be a positive number" if ctx["gt"] == 0 else f" must be more than {ctx['gt']}"
+    if kind == "greater_than_equal":
+        return f" must be at least {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f" must be at most {ctx['le']}"
+    return f": {problem['msg']}"
+
+
+def _field(section: str, key: str) -> FieldInfo | None:
+    """The schema's entry for `[section] key`, if there is one."""
+    annotation = Config.model_fields[section].annotation if section in Config.model_fields else None
+    models = [t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return models[0].model_fields.get(key) if models else None
 
 
 def read_secret_file(path: Path | None, where: str) -> str:

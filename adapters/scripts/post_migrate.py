@@ -17,11 +17,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import trio
 
 OUTPUT_LIMIT = 64 * 1024
-PASSWORD_HANDOVERS = ("stdin", "env", "argv")
+PasswordHandover = Literal["stdin", "env", "argv"]
+PASSWORD_HANDOVERS: tuple[PasswordHandover, ...] = get_args(PasswordHandover)
 PASSWORD_VARIABLE = "MAILMIGRATOR_PASSWORD"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -124,5 +124,6 @@ def with_free_ports(config: Config) -> Config:
     """The config with every proxy listener on port 0 (the TOML parser rightly refuses 0)."""
     p = config.proxy
     free = lambda endpoints: tuple(Endpoint(e.host, 0) for e in endpoints)  # noqa: E731
-    proxy = replace(p, imap=free(p.imap), imaps=free(p.imaps), pop3=free(p.pop3), pop3s=free(p.pop3s))
-    return replace(config, proxy=proxy)
+    proxy = p.model_copy(update={"imap": free(p.imap), "imaps": free(p.imaps), "pop3": free(p.pop3),
+                                 "pop3s": free(p.pop3s)})
+    return config.model_copy(update={"proxy": proxy})

@@ -10,7 +10,6 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,8 @@ async def proxy_behind_relay(
     with FaultRelay(("127.0.0.1", pair.old.imap_port), max_connections=10_000, delay=delay) as relay:
         assert config.source is not None
         old_port = relay.port if relayed else pair.old.imap_port
-        config = replace(config, source=replace(config.source, imap_port=old_port, login_format=login_format))
+        source = config.source.model_copy(update={"imap_port": old_port, "login_format": login_format})
+        config = config.model_copy(update={"source": source})
         wired = open_store(config, create=True)
         assert wired is not None
         wired.app.start_run("test")

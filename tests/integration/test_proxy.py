@@ -326,9 +326,9 @@ async def test_bare_login_domain_follows_local_address(pair: Pair, tmp_path: Pat
         config = with_free_ports(load_config(write_config(
             tmp_path, pair, passwords_only=True, tls=False, listen="127.0.0.2",
             domains={"127.0.0.2": "navi1.com", "127.0.0.3": "navi2.com"})))
-        from dataclasses import replace
         from mailmigrator.ops.config import Endpoint
-        config = replace(config, proxy=replace(config.proxy, imap=(Endpoint("127.0.0.2", 0), Endpoint("127.0.0.3", 0))))
+        proxy = config.proxy.model_copy(update={"imap": (Endpoint("127.0.0.2", 0), Endpoint("127.0.0.3", 0))})
+        config = config.model_copy(update={"proxy": proxy})
         wired = open_store(config, create=True)
         assert wired is not None
         wired.app.start_run("test")
