@@ -5,6 +5,7 @@ The steps of one account's migration live in `ops.migration_flow`.
 
 from __future__ import annotations
 
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.copier import CopyProgress, CopySettings, MailboxCopier
 from mailmigrator.adapters.mail.credentials import Credentials
 from mailmigrator.adapters.imap.source import ImapSource
@@ -99,17 +100,17 @@ def build_copier(
         exclude_folders=m.exclude_folders,
         max_message_size=m.max_message_size,
         concurrency=m.concurrency,
-        connections_per_source_host=m.connections_per_source_host,
         folder_connections=min(3, m.connections_per_source_host),
         node=m.node_name,
         lease_seconds=m.lease_seconds,
-        adaptive_connections=m.adaptive_connections,
     )
+    source_limit = AdaptiveLimit(source.host or "source", m.connections_per_source_host,
+                                 adaptive=m.adaptive_connections)
     return MailboxCopier(
         service,
         lambda plan: reader(src_address, plan),
         lambda plan: ImapTarget(tgt_address, plan),
-        source.host,
+        source_limit,
         settings,
         progress,
     )

@@ -7,6 +7,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import stamina
 import structlog
 
 SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "authorization")
@@ -53,3 +54,6 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    # Each retry is logged by its caller through `describe_error`; stamina's own line would
+    # carry the raw exception, whose text may hold what was sent to a server.
+    stamina.instrumentation.set_on_retry_hooks([])

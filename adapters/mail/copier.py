@@ -19,7 +19,7 @@ Before appending, a node whose last renewal is older than half the lease
 records a checkpoint first: that renews the lease, or is refused (`LeaseLost`)
 when another node has taken the account over, before anything is written.
 
-Choices where the issue left room: messages flagged ``\\Deleted`` but not
+Deliberate choices: messages flagged ``\\Deleted`` but not
 expunged are copied with the flag (the user has not removed them yet, and the
 new server expunges them as the old one would have); ``\\Recent`` is never
 copied (it belongs to a session). A ``\\Noselect`` parent is not created: the
@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,7 +39,7 @@ import structlog
 import trio
 
 from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
-from mailmigrator.adapters.imap.target import ImapTarget
+from mailmigrator.adapters.imap.target import AppendOutcome, ImapTarget
 from mailmigrator.adapters.mail.connection import LoginPlan, describe_error, is_transient
 from mailmigrator.adapters.mail.message_source import (
     FetchedMessage,
@@ -48,10 +48,12 @@ from mailmigrator.adapters.mail.message_source import (
     MessageSource,
     SourceMessage,
 )
+from mailmigrator.adapters.retries import retrying
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
+from mailmigrator.domain.retries import CONNECTION_RETRIES, RetryPolicy
 
 log = structlog.get_logger("mailmigrator.copier")
 
@@ -59,28 +61,35 @@ T = TypeVar("T")
 
 SourceFactory = Callable[[LoginPlan], MessageSource]
 TargetFactory = Callable[[LoginPlan], ImapTarget]
+# Messages and bytes to copy, by source folder name.
+FolderCounts = dict[str, tuple[int, int]]
+# The last recorded checkpoint of each source folder, by name.
+Checkpoints = dict[str, dict[str, Any]]
+# A message left out of the copy: its source UID, size and why.
+SkippedMessage = dict[str, int | str]
 
 
 @dataclass(frozen=True)
 class CopySettings:
-    """How hard to push: batch sizes bound memory, connections bound the load on the old server."""
+    """How hard to push: batch sizes bound memory, connections bound the load on the old server.
 
-    exclude_folders: tuple[str, ...] = ()
-    max_message_size: int = 0
-    concurrency: int = 4
-    connections_per_source_host: int = 8
+    The fields without a default come from the configuration, which holds their defaults;
+    the connections to the old server are bounded by the `AdaptiveLimit` the copier is given.
+    """
+
+    exclude_folders: tuple[str, ...]
+    max_message_size: int
+    # Accounts copied at once, and folders of one account at once (each over its own connections).
+    concurrency: int
+    folder_connections: int
     # Several nodes on one store: who copies, and how long its claim on an account lasts unrenewed.
-    node: str = ""
-    lease_seconds: float = 120.0
-    # Fewer connections when the old server shows overload, more again when it recovers.
-    adaptive_connections: bool = True
-    folder_connections: int = 3
+    node: str
+    lease_seconds: float
     batch_bytes: int = 4 * 1024 * 1024
     batch_messages: int = 250
     checkpoint_interval: float = 1.0
-    retries: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
+    # How a step on the old server is tried again after a transient failure.
+    retries: RetryPolicy = CONNECTION_RETRIES
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,7 @@ class _FolderState:
     target_uidnext: int
     messages: int = 0
     bytes: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedMessage] = field(default_factory=list)
     recorded_at: float = field(default_factory=time.monotonic)
     dirty: bool = False
 
@@ -171,14 +180,33 @@ class _FolderState:
             "last_uidl": self.last_uidl,
         }
 
+    def advance(self, batch: _Batch, outcome: AppendOutcome) -> tuple[int, int, int]:
+        """Move past `batch`, which the target took as `outcome`; the messages, bytes and skips it adds."""
+        refused: list[SkippedMessage] = [{"uid": m.uid, "size": len(m.raw), "reason": reason}
+                                         for m, reason in outcome.refused]
+        copied = len(outcome.accepted) + batch.present_messages
+        size = sum(len(m.raw) for m in outcome.accepted) + batch.present_bytes
+        self.highest_uid = batch.last.uid
+        self.last_uidl = batch.last.uidl
+        self.messages += copied
+        self.bytes += size
+        self.skipped += batch.skipped + refused
+        if outcome.uidnext:
+            self.target_uidvalidity = outcome.uidvalidity or self.target_uidvalidity
+            self.target_uidnext = outcome.uidnext
+        self.dirty = True
+        return copied, size, len(batch.skipped) + len(refused)
+
 
 @dataclass
 class _Batch:
+    """A run of fetched messages: those to append, and how many were already on the target or left out."""
+
     last: SourceMessage
     append: list[FetchedMessage]
     present_messages: int
     present_bytes: int
-    skipped: list[dict[str, Any]]
+    skipped: list[SkippedMessage]
 
 
 def resume_point(
@@ -243,6 +271,10 @@ def _first_cause(error: BaseException) -> BaseException:
     return error
 
 
+# Errors that already say how an account's copy ends: passed up unchanged, never retried or reworded.
+_SETTLED = (AccountCopyFailed, LeaseLost, AccountBusy)
+
+
 class MailboxCopier:
     """Copies accounts with bounded parallelism, recording progress through `MigrationService`."""
 
@@ -251,20 +283,17 @@ class MailboxCopier:
         service: MigrationService,
         open_source: SourceFactory,
         open_target: TargetFactory,
-        source_host: str,
-        settings: CopySettings | None = None,
+        source_limit: AdaptiveLimit,
+        settings: CopySettings,
         progress: CopyProgress | None = None,
     ) -> None:
         self.service = service
         self.open_source = open_source
         self.open_target = open_target
-        self.settings = settings or CopySettings()
+        # Every open connection to the old server holds one of its tokens; one limit serves all copiers of a node.
+        self.source_limit = source_limit
+        self.settings = settings
         self.progress = progress or CopyProgress()
-        # One limiter per old server: every open source connection holds a token.
-        self.source_limit = AdaptiveLimit(source_host or "source", self.settings.connections_per_source_host,
-                                          adaptive=self.settings.adaptive_connections)
-        self.source_limiter = self.source_limit.limiter
-        self.source_host = source_host
         # The event store is written from one thread at a time.
         self.store_limiter = trio.CapacityLimiter(1)
         # Per account being copied: this node's monotonic clock just before its last lease event was saved.
@@ -297,121 +326,149 @@ class MailboxCopier:
     async def _copy_account(self, job: AccountJob) -> AccountResult:
         started = time.monotonic()
         try:
-            account = await self._store(lambda: self.service.account(job.login))
-            checkpoints = {name: dict(cp) for name, cp in account.folders.items()}
-            plan, counts = await self._with_retries(job, "planning", lambda: self._plan(job))
-            total_messages = sum(n for n, _ in counts.values())
-            total_bytes = sum(b for _, b in counts.values())
-            planned = [
-                {"source": f.source, "target": f.target, "messages": counts.get(f.source, (0, 0))[0],
-                 "bytes": counts.get(f.source, (0, 0))[1]}
-                for f in plan.folders
-            ]
-            await self._renew_lease(job.login, lambda: self.service.record_migration_started(
-                job.login, planned, total_messages, total_bytes,
-                node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
-            self.progress.total_messages += total_messages
-            self.progress.total_bytes += total_bytes
-            for f in plan.folders:
-                cp = checkpoints.get(f.source)
-                if cp is not None:
-                    self.progress.messages += int(cp.get("messages", 0))
-                    self.progress.bytes += int(cp.get("bytes", 0))
+            checkpoints, plan, counts = await self._start(job)
             await self._copy_folders(job, plan, checkpoints, counts)
         except (AccountBusy, LeaseLost) as e:
             log.info("account held by another node", login=job.login, detail=str(e))
             return AccountResult(job.login, ok=False, error=str(e), busy=True)
         except AccountCopyFailed as e:
-            reason, retryable = str(e), e.retryable
-            await self._store(lambda: self.service.record_failed(
-                job.login, reason, retryable, node=self.settings.node))
-            self.progress.accounts_failed += 1
-            log.warning("account copy failed", login=job.login, reason=str(e), retryable=e.retryable)
-            return AccountResult(job.login, ok=False, error=str(e))
+            return await self._record_failure(job, e)
+        return await self._record_completion(job, len(plan.folders), time.monotonic() - started)
+
+    async def _start(self, job: AccountJob) -> tuple[Checkpoints, FolderPlan, FolderCounts]:
+        """Plan the folders, record the start (claiming the lease), and count what earlier copies did."""
+        account = await self._store(lambda: self.service.account(job.login))
+        checkpoints = {name: dict(cp) for name, cp in account.folders.items()}
+
+        async def plan() -> tuple[FolderPlan, FolderCounts]:
+            async with self.source_limit.limiter:
+                return await self._plan(job)
+
+        folder_plan, counts = await self._with_retries(job, "planning", plan)
+        await self._record_start(job, folder_plan, counts)
+        for f in folder_plan.folders:
+            cp = checkpoints.get(f.source)
+            if cp is not None:
+                self.progress.messages += int(cp.get("messages", 0))
+                self.progress.bytes += int(cp.get("bytes", 0))
+        return checkpoints, folder_plan, counts
+
+    async def _record_start(self, job: AccountJob, plan: FolderPlan, counts: FolderCounts) -> None:
+        total_messages = sum(n for n, _ in counts.values())
+        total_bytes = sum(b for _, b in counts.values())
+        planned: list[dict[str, str | int]] = [
+            {"source": f.source, "target": f.target, "messages": counts.get(f.source, (0, 0))[0],
+             "bytes": counts.get(f.source, (0, 0))[1]}
+            for f in plan.folders
+        ]
+        await self._renew_lease(job.login, lambda: self.service.record_migration_started(
+            job.login, planned, total_messages, total_bytes,
+            node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
+        self.progress.total_messages += total_messages
+        self.progress.total_bytes += total_bytes
+
+    async def _record_failure(self, job: AccountJob, failure: AccountCopyFailed) -> AccountResult:
+        reason, retryable = str(failure), failure.retryable
+        await self._store(lambda: self.service.record_failed(job.login, reason, retryable, node=self.settings.node))
+        self.progress.accounts_failed += 1
+        log.warning("account copy failed", login=job.login, reason=reason, retryable=retryable)
+        return AccountResult(job.login, ok=False, error=reason)
+
+    async def _record_completion(self, job: AccountJob, folder_count: int, duration: float) -> AccountResult:
         account = await self._store(lambda: self.service.account(job.login))
         folders = account.folders
         messages = sum(int(f["messages"]) for f in folders.values())
         size = sum(int(f["bytes"]) for f in folders.values())
         skipped = sum(int(f["skipped"]) for f in folders.values())
-        duration = time.monotonic() - started
         try:
             await self._store(lambda: self.service.record_completed(
-                job.login, messages, size, len(plan.folders), duration, False, node=self.settings.node))
+                job.login, messages, size, folder_count, duration, False, node=self.settings.node))
         except LeaseLost as e:
             return AccountResult(job.login, ok=False, error=str(e), busy=True)
         self.progress.accounts_done += 1
-        return AccountResult(job.login, True, messages, size, skipped, len(plan.folders))
+        return AccountResult(job.login, True, messages, size, skipped, folder_count)
 
-    async def _with_retries(self, job: AccountJob, what: str, step: Callable[[], Any]) -> Any:
-        s = self.settings
-        for attempt in range(1, s.retries + 1):
-            try:
-                async with self.source_limiter:
-                    result = await step()
-                self.source_limit.succeeded()
-                return result
-            except Exception as e:  # noqa: BLE001 - classified below
-                cause = _first_cause(e)
-                if isinstance(cause, (AccountCopyFailed, LeaseLost, AccountBusy)):
-                    raise cause from None
-                self.source_limit.failed(cause)
-                if not is_transient(cause) or attempt == s.retries:
-                    raise AccountCopyFailed(
-                        f"{what}: {describe_error(cause)}" + (f" (after {attempt} tries)" if attempt > 1 else ""),
-                        retryable=is_transient(cause),
-                    ) from None
-                log.warning("transient failure, retrying", login=job.login, step=what, attempt=attempt,
-                            error=describe_error(cause))
-                await trio.sleep(min(s.backoff * 2 ** (attempt - 1), s.max_backoff))
-                await self.source_limit.wait_backoff()
+    async def _with_retries(
+        self,
+        job: AccountJob,
+        what: str,
+        step: Callable[[], Awaitable[T]],
+        after_failure: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        """Run `step` on the old server, again after a transient failure; `AccountCopyFailed` when it gives up.
+
+        `what` names the step in the log and in the reason; `after_failure` runs after each failure.
+        """
+        tries = 0
+        try:
+            async for attempt in retrying(self.settings.retries, on=is_transient):
+                with attempt:
+                    tries = attempt.num
+                    if tries > 1:
+                        await self.source_limit.wait_backoff()
+                    return await self._try_once(job, what, tries, step, after_failure)
+        except _SETTLED:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure the retries gave up on is one reason
+            raise AccountCopyFailed(
+                f"{what}: {describe_error(e)}" + (f" (after {tries} tries)" if tries > 1 else ""),
+                retryable=is_transient(e),
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _plan(self, job: AccountJob) -> tuple[FolderPlan, dict[str, tuple[int, int]]]:
+    async def _try_once(
+        self,
+        job: AccountJob,
+        what: str,
+        tries: int,
+        step: Callable[[], Awaitable[T]],
+        after_failure: Callable[[], Awaitable[None]] | None,
+    ) -> T:
+        """One attempt: the adaptive limit learns how it went; a failure is raised as its first cause."""
+        try:
+            result = await step()
+        except Exception as e:  # noqa: BLE001 - classified by the retries
+            cause = _first_cause(e)
+            if isinstance(cause, _SETTLED):
+                raise cause from None
+            self.source_limit.failed(cause)
+            if after_failure is not None:
+                await after_failure()
+            if is_transient(cause) and tries < self.settings.retries.attempts:
+                log.warning("transient failure, retrying", login=job.login, step=what, attempt=tries,
+                            error=describe_error(cause))
+            raise cause from None
+        self.source_limit.succeeded()
+        return result
+
+    async def _plan(self, job: AccountJob) -> tuple[FolderPlan, FolderCounts]:
         """List both sides, map the folders, create them on the target and subscribe; count what is to copy."""
-
-        def work() -> tuple[FolderPlan, dict[str, tuple[int, int]]]:
-            source = self.open_source(job.source)
-            target: ImapTarget | None = None
-            try:
-                target = self.open_target(job.target)
-                plan = plan_folders(
-                    source.list_folders(), source.namespace(), target.namespace(), target.special_use(),
-                    self.settings.exclude_folders,
-                )
-                counts: dict[str, tuple[int, int]] = {}
-                for folder in plan.folders:
-                    if folder.selectable:
-                        # One STATUS per folder when offered; the folder worker lists the messages anyway.
-                        totals = source.folder_totals(folder.source) if isinstance(source, FolderTotals) else None
-                        if totals is None:
-                            listing = source.open_folder(folder.source)
-                            totals = (len(listing.messages), sum(m.size for m in listing.messages))
-                        counts[folder.source] = totals
-                for folder in sorted(plan.folders, key=lambda f: len(f.path)):
-                    if folder.selectable:
-                        target.ensure_folder(folder.target)
-                subscribed = {name for f in target.list_folders() if f.subscribed for name in [f.name]}
-                for folder in plan.folders:
-                    if folder.subscribed and folder.target not in subscribed:
-                        target.subscribe(folder.target)
-                return plan, counts
-            finally:
-                source.close()
-                if target is not None:
-                    target.close()
-
-        plan, counts = await trio.to_thread.run_sync(work)
+        plan, counts = await trio.to_thread.run_sync(self._plan_blocking, job)
         for excluded in plan.excluded:
             log.info("folder excluded", login=job.login, folder=excluded.source, pattern=excluded.pattern)
         return plan, counts
 
+    def _plan_blocking(self, job: AccountJob) -> tuple[FolderPlan, FolderCounts]:
+        source = self.open_source(job.source)
+        target: ImapTarget | None = None
+        try:
+            target = self.open_target(job.target)
+            plan = plan_folders(
+                source.list_folders(), source.namespace(), target.namespace(), target.special_use(),
+                self.settings.exclude_folders,
+            )
+            counts = {f.source: _folder_totals(source, f.source) for f in plan.folders if f.selectable}
+            _create_folders(target, plan)
+            return plan, counts
+        finally:
+            source.close()
+            if target is not None:
+                target.close()
+
     async def _copy_folders(
-        self,
-        job: AccountJob,
-        plan: FolderPlan,
-        checkpoints: dict[str, dict[str, Any]],
-        counts: dict[str, tuple[int, int]],
+        self, job: AccountJob, plan: FolderPlan, checkpoints: Checkpoints, counts: FolderCounts
     ) -> None:
+        """Copy the selectable folders, largest first, over at most `folder_connections` pairs of connections."""
         todo = sorted((f for f in plan.folders if f.selectable), key=lambda f: -counts.get(f.source, (0, 0))[1])
         send, receive = trio.open_memory_channel[PlannedFolder](len(todo))
         for folder in todo:
@@ -424,55 +481,40 @@ class MailboxCopier:
                     nursery.start_soon(self._folder_worker, job, receive.clone(), checkpoints)
         except BaseExceptionGroup as group:
             cause = _first_cause(group)
-            if isinstance(cause, (AccountCopyFailed, LeaseLost)):
+            if isinstance(cause, _SETTLED):
                 raise cause from None
             raise
 
     async def _folder_worker(
-        self,
-        job: AccountJob,
-        folders: trio.MemoryReceiveChannel[PlannedFolder],
-        checkpoints: dict[str, dict[str, Any]],
+        self, job: AccountJob, folders: trio.MemoryReceiveChannel[PlannedFolder], checkpoints: Checkpoints
     ) -> None:
-        s = self.settings
-        source: MessageSource | None = None
-        target: ImapTarget | None = None
-        async with folders, self.source_limiter:
+        """Copy folders from `folders` one after another, reusing one source and one target connection."""
+        connections = _FolderConnections(lambda: self.open_source(job.source), lambda: self.open_target(job.target))
+        async with folders, self.source_limit.limiter:
             try:
                 async for folder in folders:
-                    for attempt in range(1, s.retries + 1):
-                        state: list[_FolderState] = []
-                        try:
-                            if source is None:
-                                source = await trio.to_thread.run_sync(self.open_source, job.source)
-                            if target is None:
-                                target = await trio.to_thread.run_sync(self.open_target, job.target)
-                            await self._copy_folder(job, folder, source, target, checkpoints, state)
-                            self.source_limit.succeeded()
-                            break
-                        except Exception as e:  # noqa: BLE001 - classified below
-                            cause = _first_cause(e)
-                            if isinstance(cause, LeaseLost):
-                                # Another node took the account over: stop writing, record nothing.
-                                raise cause from None
-                            self.source_limit.failed(cause)
-                            if state and state[0].dirty:
-                                await self._record(job, state[0], done=False, checkpoints=checkpoints)
-                            await _close(source, target)
-                            source = target = None
-                            if not is_transient(cause) or attempt == s.retries:
-                                raise AccountCopyFailed(
-                                    f'folder "{folder.source}": {describe_error(cause)}'
-                                    + (f" (after {attempt} tries)" if attempt > 1 else ""),
-                                    retryable=is_transient(cause),
-                                ) from None
-                            log.warning("transient failure, reconnecting", login=job.login,
-                                        folder=folder.source, attempt=attempt, error=describe_error(cause))
-                            await trio.sleep(min(s.backoff * 2 ** (attempt - 1), s.max_backoff))
-                            await self.source_limit.wait_backoff()
+                    await self._copy_folder_with_retries(job, folder, connections, checkpoints)
             finally:
                 with trio.CancelScope(shield=True):
-                    await _close(source, target)
+                    await connections.close()
+
+    async def _copy_folder_with_retries(
+        self, job: AccountJob, folder: PlannedFolder, connections: _FolderConnections, checkpoints: Checkpoints
+    ) -> None:
+        """Copy one folder; after a failure, record what was copied and reconnect before the next try."""
+        running: list[_FolderState] = []
+
+        async def copy() -> None:
+            running.clear()
+            source, target = await connections.open()
+            await self._copy_folder(job, folder, source, target, checkpoints, running)
+
+        async def record_and_disconnect() -> None:
+            if running and running[0].dirty:
+                await self._record(job, running[0], done=False, checkpoints=checkpoints)
+            await connections.close()
+
+        await self._with_retries(job, f'folder "{folder.source}"', copy, record_and_disconnect)
 
     async def _renew_lease(self, login: str, save: Callable[[], None]) -> None:
         """Save a lease event of this node; its lease now runs from no later than just before the save."""
@@ -485,7 +527,7 @@ class MailboxCopier:
         return renewed is None or time.monotonic() - renewed > self.settings.lease_seconds / 2
 
     async def _record(
-        self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, dict[str, Any]]
+        self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: Checkpoints
     ) -> None:
         checkpoint = state.checkpoint(done)
         await self._renew_lease(
@@ -506,16 +548,33 @@ class MailboxCopier:
         folder: PlannedFolder,
         source: MessageSource,
         target: ImapTarget,
-        checkpoints: dict[str, dict[str, Any]],
+        checkpoints: Checkpoints,
         state_out: list[_FolderState],
     ) -> None:
-        s = self.settings
+        """Copy what the folder's checkpoint does not cover: fetching and appending overlap, one batch apart."""
+        resumed = await self._resume_folder(job, folder, source, target, checkpoints)
+        if resumed is None:
+            return
+        state, pending, present = resumed
+        state_out.append(state)
+        send, receive = trio.open_memory_channel[_Batch](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch_batches, source, pending, present, send)
+            nursery.start_soon(self._append_batches, job, target, state, receive, checkpoints)
+        await self._record(job, state, done=True, checkpoints=checkpoints)
+
+    async def _resume_folder(
+        self, job: AccountJob, folder: PlannedFolder, source: MessageSource, target: ImapTarget,
+        checkpoints: Checkpoints,
+    ) -> tuple[_FolderState, list[SourceMessage], Counter[Fingerprint]] | None:
+        """Where the folder's copy starts: its running checkpoint, the messages still to copy, and the
+        fingerprints of target messages appended after the last checkpoint; None when it is done."""
         listing = await trio.to_thread.run_sync(source.open_folder, folder.source)
         target_uidvalidity, target_uidnext = await trio.to_thread.run_sync(target.status, folder.target)
         checkpoint = checkpoints.get(folder.source)
         pending, from_uid, held = resume_point(listing, checkpoint, target_uidvalidity)
         if held and not pending and checkpoint and checkpoint.get("done"):
-            return
+            return None
         state = _FolderState(
             folder,
             uidvalidity=listing.uidvalidity,
@@ -524,81 +583,130 @@ class MailboxCopier:
             target_uidvalidity=target_uidvalidity,
             target_uidnext=target_uidnext,
         )
-        state_out.append(state)
         present: Counter[Fingerprint] = Counter()
         if pending and target_uidnext > from_uid:
             present = Counter(await trio.to_thread.run_sync(
-                lambda: list(target.fingerprints(folder.target, from_uid, s.batch_bytes))))
+                lambda: list(target.fingerprints(folder.target, from_uid, self.settings.batch_bytes))))
             if present:
                 log.info("matching by fingerprint", login=job.login, folder=folder.source,
                          target_messages=sum(present.values()), checkpoint_held=held)
+        return state, pending, present
 
-        send, receive = trio.open_memory_channel[_Batch](0)
+    async def _fetch_batches(
+        self,
+        source: MessageSource,
+        pending: Sequence[SourceMessage],
+        present: Counter[Fingerprint],
+        batches: trio.MemorySendChannel[_Batch],
+    ) -> None:
+        """Fetch `pending` batch by batch, leaving out messages too large and those `present` on the target."""
+        s = self.settings
+        async with batches:
+            for group in pipelined_batches(pending, s.batch_bytes, s.batch_messages):
+                wanted, skipped = _split_oversized(group, s.max_message_size)
+                fetched = await trio.to_thread.run_sync(source.fetch, wanted)
+                await batches.send(_missing_on_target(group[-1], fetched, present, skipped))
 
-        async def produce() -> None:
-            async with send:
-                for group in pipelined_batches(pending, s.batch_bytes, s.batch_messages):
-                    skipped = []
-                    wanted = []
-                    for message in group:
-                        if s.max_message_size and message.size > s.max_message_size:
-                            skipped.append({"uid": message.uid, "size": message.size,
-                                            "reason": f"larger than max_message_size "
-                                                      f"({message.size:,} > {s.max_message_size:,} bytes)"})
-                        else:
-                            wanted.append(message)
-                    fetched = await trio.to_thread.run_sync(source.fetch, wanted)
-                    append, present_messages, present_bytes = [], 0, 0
-                    for message in fetched:
-                        if present:
-                            fp = fingerprint(message.raw)
-                            if present[fp] > 0:
-                                present[fp] -= 1
-                                present_messages += 1
-                                present_bytes += len(message.raw)
-                                continue
-                        append.append(message)
-                    await send.send(_Batch(group[-1], append, present_messages, present_bytes, skipped))
-
-        async def consume() -> None:
-            async with receive:
-                async for batch in receive:
-                    outcome = None
-                    if batch.append:
-                        if self._lease_half_gone(job.login):
-                            # A slow fetch or a retry's backoff outlasted half the lease: renew it
-                            # (or learn it was taken over) before writing to the new server.
-                            await self._record(job, state, done=False, checkpoints=checkpoints)
-                        outcome = await trio.to_thread.run_sync(target.append, folder.target, batch.append)
-                    state.highest_uid = batch.last.uid
-                    state.last_uidl = batch.last.uidl
-                    accepted = outcome.accepted if outcome else []
-                    copied = len(accepted) + batch.present_messages
-                    size = sum(len(m.raw) for m in accepted) + batch.present_bytes
-                    state.messages += copied
-                    state.bytes += size
-                    state.skipped.extend(batch.skipped)
-                    if outcome is not None:
-                        state.skipped.extend({"uid": m.uid, "size": len(m.raw), "reason": reason}
-                                             for m, reason in outcome.refused)
-                        if outcome.uidnext:
-                            state.target_uidvalidity = outcome.uidvalidity or state.target_uidvalidity
-                            state.target_uidnext = outcome.uidnext
-                    state.dirty = True
-                    self.progress.messages += copied
-                    self.progress.bytes += size
-                    skipped_now = len(batch.skipped) + (len(outcome.refused) if outcome else 0)
-                    self.progress.skipped += skipped_now
-                    if time.monotonic() - state.recorded_at >= s.checkpoint_interval:
+    async def _append_batches(
+        self,
+        job: AccountJob,
+        target: ImapTarget,
+        state: _FolderState,
+        batches: trio.MemoryReceiveChannel[_Batch],
+        checkpoints: Checkpoints,
+    ) -> None:
+        """Append each batch, move the folder's checkpoint past it, and record it every `checkpoint_interval`."""
+        async with batches:
+            async for batch in batches:
+                outcome = AppendOutcome()
+                if batch.append:
+                    if self._lease_half_gone(job.login):
+                        # A slow fetch or a retry's backoff outlasted half the lease: renew it
+                        # (or learn it was taken over) before writing to the new server.
                         await self._record(job, state, done=False, checkpoints=checkpoints)
+                    outcome = await trio.to_thread.run_sync(target.append, state.folder.target, batch.append)
+                copied, size, skipped = state.advance(batch, outcome)
+                self.progress.messages += copied
+                self.progress.bytes += size
+                self.progress.skipped += skipped
+                if time.monotonic() - state.recorded_at >= self.settings.checkpoint_interval:
+                    await self._record(job, state, done=False, checkpoints=checkpoints)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(produce)
-            nursery.start_soon(consume)
-        await self._record(job, state, done=True, checkpoints=checkpoints)
+
+class _FolderConnections:
+    """The source and target connection a folder worker keeps from one folder to the next."""
+
+    def __init__(self, open_source: Callable[[], MessageSource], open_target: Callable[[], ImapTarget]) -> None:
+        self._open_source = open_source
+        self._open_target = open_target
+        self._source: MessageSource | None = None
+        self._target: ImapTarget | None = None
+
+    async def open(self) -> tuple[MessageSource, ImapTarget]:
+        """Both connections, opening whichever is not open."""
+        if self._source is None:
+            self._source = await trio.to_thread.run_sync(self._open_source)
+        if self._target is None:
+            self._target = await trio.to_thread.run_sync(self._open_target)
+        return self._source, self._target
+
+    async def close(self) -> None:
+        source, target = self._source, self._target
+        self._source = self._target = None
+        for connection in (source, target):
+            if connection is not None:
+                await trio.to_thread.run_sync(connection.close)
 
 
-async def _close(source: MessageSource | None, target: ImapTarget | None) -> None:
-    for connection in (source, target):
-        if connection is not None:
-            await trio.to_thread.run_sync(connection.close)
+def _folder_totals(source: MessageSource, folder: str) -> tuple[int, int]:
+    """Messages and bytes in `folder`: one STATUS when the source offers it (the folder worker lists it anyway)."""
+    totals = source.folder_totals(folder) if isinstance(source, FolderTotals) else None
+    if totals is None:
+        listing = source.open_folder(folder)
+        totals = (len(listing.messages), sum(m.size for m in listing.messages))
+    return totals
+
+
+def _create_folders(target: ImapTarget, plan: FolderPlan) -> None:
+    """Create the selectable folders on the target, parents first, and subscribe those subscribed on the source."""
+    for folder in sorted(plan.folders, key=lambda f: len(f.path)):
+        if folder.selectable:
+            target.ensure_folder(folder.target)
+    subscribed = {f.name for f in target.list_folders() if f.subscribed}
+    for folder in plan.folders:
+        if folder.subscribed and folder.target not in subscribed:
+            target.subscribe(folder.target)
+
+
+def _split_oversized(
+    messages: Sequence[SourceMessage], max_size: int
+) -> tuple[list[SourceMessage], list[SkippedMessage]]:
+    """The messages to fetch, and a skip for each larger than `max_size` (0: no limit)."""
+    wanted: list[SourceMessage] = []
+    skipped: list[SkippedMessage] = []
+    for message in messages:
+        if max_size and message.size > max_size:
+            skipped.append({"uid": message.uid, "size": message.size,
+                            "reason": f"larger than max_message_size ({message.size:,} > {max_size:,} bytes)"})
+        else:
+            wanted.append(message)
+    return wanted, skipped
+
+
+def _missing_on_target(
+    last: SourceMessage, fetched: Sequence[FetchedMessage], present: Counter[Fingerprint],
+    skipped: list[SkippedMessage],
+) -> _Batch:
+    """The batch ending at `last`: the fetched messages to append, less one match each in `present` (consumed)."""
+    append: list[FetchedMessage] = []
+    present_messages = present_bytes = 0
+    for message in fetched:
+        if present:
+            fp = fingerprint(message.raw)
+            if present[fp] > 0:
+                present[fp] -= 1
+                present_messages += 1
+                present_bytes += len(message.raw)
+                continue
+        append.append(message)
+    return _Batch(last, append, present_messages, present_bytes, skipped)
