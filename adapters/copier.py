@@ -49,6 +49,7 @@ from mailmigrator.adapters.message_source import (
     SourceMessage,
 )
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
@@ -152,11 +153,11 @@ class _FolderState:
     target_uidnext: int
     messages: int = 0
     bytes: int = 0
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SkippedMessage] = field(default_factory=list)
     recorded_at: float = field(default_factory=time.monotonic)
     dirty: bool = False
 
-    def checkpoint(self, done: bool) -> dict[str, Any]:
+    def checkpoint(self, done: bool, node: str) -> FolderCopiedFields:
         return {
             "source_folder": self.folder.source,
             "target_folder": self.folder.target,
@@ -169,6 +170,7 @@ class _FolderState:
             "target_uidvalidity": self.target_uidvalidity,
             "target_uidnext": self.target_uidnext,
             "last_uidl": self.last_uidl,
+            "node": node,
         }
 
 
@@ -178,26 +180,24 @@ class _Batch:
     append: list[FetchedMessage]
     present_messages: int
     present_bytes: int
-    skipped: list[dict[str, Any]]
+    skipped: list[SkippedMessage]
 
 
 def resume_point(
-    listing: FolderListing, checkpoint: dict[str, Any] | None, target_uidvalidity: int
+    listing: FolderListing, checkpoint: FolderCheckpoint | None, target_uidvalidity: int
 ) -> tuple[list[SourceMessage], int, bool]:
     """The source messages still to copy, the first target UID to fingerprint, and whether the checkpoint held."""
-    if checkpoint is None or checkpoint.get("target_uidvalidity") != target_uidvalidity:
+    if checkpoint is None or checkpoint.target_uidvalidity != target_uidvalidity:
         return list(listing.messages), 1, False
     if listing.by_uidl:
-        marker = checkpoint.get("last_uidl") or ""
         positions = {m.uidl: i for i, m in enumerate(listing.messages)}
-        if marker not in positions:
+        if checkpoint.last_uidl not in positions:
             return list(listing.messages), 1, False
-        return listing.messages[positions[marker] + 1:], int(checkpoint.get("target_uidnext") or 1), True
-    if checkpoint.get("uidvalidity") != listing.uidvalidity:
+        return listing.messages[positions[checkpoint.last_uidl] + 1:], checkpoint.target_uidnext or 1, True
+    if checkpoint.uidvalidity != listing.uidvalidity:
         return list(listing.messages), 1, False
-    highest = int(checkpoint.get("highest_uid") or 0)
-    pending = [m for m in listing.messages if m.uid > highest]
-    return pending, int(checkpoint.get("target_uidnext") or 1), True
+    pending = [m for m in listing.messages if m.uid > checkpoint.highest_uid]
+    return pending, checkpoint.target_uidnext or 1, True
 
 
 def batches(messages: Iterable[SourceMessage], max_bytes: int, max_messages: int) -> Iterable[list[SourceMessage]]:
@@ -298,7 +298,7 @@ class MailboxCopier:
         started = time.monotonic()
         try:
             account = await self._store(lambda: self.service.account(job.login))
-            checkpoints = {name: dict(cp) for name, cp in account.folders.items()}
+            checkpoints = dict(account.folders)
             plan, counts = await self._with_retries(job, "planning", lambda: self._plan(job))
             total_messages = sum(n for n, _ in counts.values())
             total_bytes = sum(b for _, b in counts.values())
@@ -315,8 +315,8 @@ class MailboxCopier:
             for f in plan.folders:
                 cp = checkpoints.get(f.source)
                 if cp is not None:
-                    self.progress.messages += int(cp.get("messages", 0))
-                    self.progress.bytes += int(cp.get("bytes", 0))
+                    self.progress.messages += cp.messages
+                    self.progress.bytes += cp.bytes
             await self._copy_folders(job, plan, checkpoints, counts)
         except (AccountBusy, LeaseLost) as e:
             log.info("account held by another node", login=job.login, detail=str(e))
@@ -329,10 +329,10 @@ class MailboxCopier:
             log.warning("account copy failed", login=job.login, reason=str(e), retryable=e.retryable)
             return AccountResult(job.login, ok=False, error=str(e))
         account = await self._store(lambda: self.service.account(job.login))
-        folders = account.folders
-        messages = sum(int(f["messages"]) for f in folders.values())
-        size = sum(int(f["bytes"]) for f in folders.values())
-        skipped = sum(int(f["skipped"]) for f in folders.values())
+        folders = account.folders.values()
+        messages = sum(f.messages for f in folders)
+        size = sum(f.bytes for f in folders)
+        skipped = sum(f.skipped for f in folders)
         duration = time.monotonic() - started
         try:
             await self._store(lambda: self.service.record_completed(
@@ -409,7 +409,7 @@ class MailboxCopier:
         self,
         job: AccountJob,
         plan: FolderPlan,
-        checkpoints: dict[str, dict[str, Any]],
+        checkpoints: dict[str, FolderCheckpoint],
         counts: dict[str, tuple[int, int]],
     ) -> None:
         todo = sorted((f for f in plan.folders if f.selectable), key=lambda f: -counts.get(f.source, (0, 0))[1])
@@ -432,7 +432,7 @@ class MailboxCopier:
         self,
         job: AccountJob,
         folders: trio.MemoryReceiveChannel[PlannedFolder],
-        checkpoints: dict[str, dict[str, Any]],
+        checkpoints: dict[str, FolderCheckpoint],
     ) -> None:
         s = self.settings
         source: MessageSource | None = None
@@ -485,17 +485,11 @@ class MailboxCopier:
         return renewed is None or time.monotonic() - renewed > self.settings.lease_seconds / 2
 
     async def _record(
-        self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, dict[str, Any]]
+        self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: dict[str, FolderCheckpoint]
     ) -> None:
-        checkpoint = state.checkpoint(done)
-        await self._renew_lease(
-            job.login, lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
-        previous = checkpoints.get(state.folder.source)
-        merged = dict(checkpoint)
-        if previous is not None and previous.get("uidvalidity") == state.uidvalidity:
-            merged["messages"] = int(previous.get("messages", 0)) + state.messages
-            merged["bytes"] = int(previous.get("bytes", 0)) + state.bytes
-        checkpoints[state.folder.source] = merged
+        copied = state.checkpoint(done, self.settings.node)
+        await self._renew_lease(job.login, lambda: self.service.record_folder_copied(job.login, **copied))
+        advance(checkpoints, state.folder.source, FolderCheckpoint.of_copied(copied))
         state.messages, state.bytes, state.skipped = 0, 0, []
         state.recorded_at = time.monotonic()
         state.dirty = False
@@ -506,7 +500,7 @@ class MailboxCopier:
         folder: PlannedFolder,
         source: MessageSource,
         target: ImapTarget,
-        checkpoints: dict[str, dict[str, Any]],
+        checkpoints: dict[str, FolderCheckpoint],
         state_out: list[_FolderState],
     ) -> None:
         s = self.settings
@@ -514,13 +508,13 @@ class MailboxCopier:
         target_uidvalidity, target_uidnext = await trio.to_thread.run_sync(target.status, folder.target)
         checkpoint = checkpoints.get(folder.source)
         pending, from_uid, held = resume_point(listing, checkpoint, target_uidvalidity)
-        if held and not pending and checkpoint and checkpoint.get("done"):
+        if held and not pending and checkpoint and checkpoint.done:
             return
         state = _FolderState(
             folder,
             uidvalidity=listing.uidvalidity,
-            highest_uid=int(checkpoint["highest_uid"]) if held and checkpoint else 0,
-            last_uidl=str(checkpoint.get("last_uidl", "")) if held and checkpoint else "",
+            highest_uid=checkpoint.highest_uid if held and checkpoint else 0,
+            last_uidl=checkpoint.last_uidl if held and checkpoint else "",
             target_uidvalidity=target_uidvalidity,
             target_uidnext=target_uidnext,
         )
@@ -538,7 +532,7 @@ class MailboxCopier:
         async def produce() -> None:
             async with send:
                 for group in pipelined_batches(pending, s.batch_bytes, s.batch_messages):
-                    skipped = []
+                    skipped: list[SkippedMessage] = []
                     wanted = []
                     for message in group:
                         if s.max_message_size and message.size > s.max_message_size:

@@ -10,13 +10,14 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import RecordConflictError
 
+from mailmigrator.domain.checkpoints import CheckpointFields, FolderCopiedFields
 from mailmigrator.domain.errors import AccountNotFound, ConcurrentUpdate
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS, RUN_ID, AccountMigration, MigrationRun
@@ -166,9 +167,9 @@ class MigrationService(Application[UUID]):
 
         return self.update_account(login, start)
 
-    def record_folder_copied(self, login: str, **checkpoint: Any) -> None:
+    def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None:
         """Record a checkpoint; pass `node=` to have a node without the lease refused (`LeaseLost`)."""
-        self.update_account(login, lambda a: a.copy_folder(**checkpoint))
+        self.update_account(login, lambda a: a.copy_folder(**copied))
 
     def record_completed(
         self,
@@ -213,7 +214,7 @@ class MigrationService(Application[UUID]):
         folders: dict[str, int],
         messages: int,
         bytes: int,
-        checkpoints: dict[str, dict[str, Any]] | None = None,
+        checkpoints: dict[str, CheckpointFields] | None = None,
     ) -> None:
         self.update_account(login, lambda a: a.sweep(folders, messages, bytes, checkpoints or {}))
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, IllegalTransition, LeaseLost
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
@@ -89,7 +90,7 @@ class AccountMigration(Aggregate):
         highest_uid: int
         messages: int
         bytes: int
-        skipped: list[dict[str, Any]]
+        skipped: list[SkippedMessage]
         done: bool
         # Where the target stood at this checkpoint: a resume only fingerprints
         # target messages from target_uidnext on. last_uidl is the POP3 marker.
@@ -126,7 +127,7 @@ class AccountMigration(Aggregate):
         bytes: int
         # Each swept folder's new checkpoint (FolderCopied's fields): the
         # next sweep copies only what arrived after it.
-        checkpoints: dict[str, dict[str, Any]] | None
+        checkpoints: dict[str, CheckpointFields] | None
 
         class_version = 2
 
@@ -148,7 +149,7 @@ class AccountMigration(Aggregate):
         self.target_login: str | None = None
         self.aliases: list[str] = []
         self.rejected_aliases: list[dict[str, str]] = []
-        self.folders: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, FolderCheckpoint] = {}
         self.attempts = 0
         self.last_error: str | None = None
         self.failed_retryable = False
@@ -263,7 +264,7 @@ class AccountMigration(Aggregate):
         highest_uid: int,
         messages: int,
         bytes: int,
-        skipped: list[dict[str, Any]],
+        skipped: list[SkippedMessage],
         done: bool,
         target_uidvalidity: int = 0,
         target_uidnext: int = 0,
@@ -273,25 +274,19 @@ class AccountMigration(Aggregate):
         if node != self.node:
             raise LeaseLost(self.login, node, self.node)
         self._advance("FolderCopied")
-        previous = self.folders.get(source_folder)
-        if previous is not None and previous["uidvalidity"] == uidvalidity:
-            messages += previous["messages"]
-            bytes += previous["bytes"]
-            skipped_count = previous["skipped"] + len(skipped)
-        else:
-            skipped_count = len(skipped)
-        self.folders[source_folder] = {
-            "target": target_folder,
-            "uidvalidity": uidvalidity,
-            "highest_uid": highest_uid,
-            "messages": messages,
-            "bytes": bytes,
-            "skipped": skipped_count,
-            "done": done,
-            "target_uidvalidity": target_uidvalidity,
-            "target_uidnext": target_uidnext,
-            "last_uidl": last_uidl,
-        }
+        later = FolderCheckpoint(
+            target=target_folder,
+            uidvalidity=uidvalidity,
+            highest_uid=highest_uid,
+            messages=messages,
+            bytes=bytes,
+            skipped=len(skipped),
+            done=done,
+            target_uidvalidity=target_uidvalidity,
+            target_uidnext=target_uidnext,
+            last_uidl=last_uidl,
+        )
+        advance(self.folders, source_folder, later)
 
     @event(MigrationCompleted)
     def complete_migration(
@@ -321,17 +316,12 @@ class AccountMigration(Aggregate):
         folders: dict[str, int],
         messages: int,
         bytes: int,
-        checkpoints: dict[str, dict[str, Any]] | None = None,
+        checkpoints: dict[str, CheckpointFields] | None = None,
     ) -> None:
         self._advance("FinishSwept")
         self.swept_messages += messages
         for source_folder, checkpoint in (checkpoints or {}).items():
-            previous = self.folders.get(source_folder, {})
-            merged = dict(previous, **checkpoint)
-            if previous.get("uidvalidity") == checkpoint.get("uidvalidity"):
-                merged["messages"] = int(previous.get("messages", 0)) + int(checkpoint.get("messages", 0))
-                merged["bytes"] = int(previous.get("bytes", 0)) + int(checkpoint.get("bytes", 0))
-            self.folders[source_folder] = merged
+            advance(self.folders, source_folder, FolderCheckpoint.from_dict(checkpoint))
 
     @event(CredentialDestroyed)
     def destroy_credential(self, reason: str) -> None:
