@@ -16,6 +16,7 @@ from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, Illeg
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
     ACCOUNT_TRANSITIONS,
+    LEASED_STATES,
     LOCKED_STATES,
     RUN_TRANSITIONS,
     next_state,
@@ -183,7 +184,7 @@ class AccountMigration(Aggregate):
         Without `now` a foreign lease counts as live: nothing is taken over on a guess.
         """
         expires = self.lease_expires_at(lease_seconds)
-        if self.node == node or expires is None or self.state not in ("copying", "failed"):
+        if self.node == node or expires is None or self.state not in LEASED_STATES:
             return False
         return now is None or now < expires
 

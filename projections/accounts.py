@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from mailmigrator.domain.states import LOCKED_STATES
+from mailmigrator.domain.states import LEASED_STATES, LOCKED_STATES, SETTLED_STATES
 
 
 def event_name(event: Any) -> str:
@@ -177,7 +177,7 @@ def expired_leases(
     found = []
     for doc in docs:
         renewed = doc.get("lease_renewed_at")
-        if doc["state"] not in ("copying", "failed") or renewed is None or doc.get("node", "") == node:
+        if doc["state"] not in LEASED_STATES or renewed is None or doc.get("node", "") == node:
             continue
         if (now - datetime.fromisoformat(renewed)).total_seconds() >= lease_seconds:
             found.append(doc["login"])
@@ -194,11 +194,11 @@ def fleet_progress(docs: list[dict[str, Any]]) -> dict[str, Any]:
     The rate is what was copied since the first copy started, up to the last recorded change: an
     average over the run, the same on every node and after every replay.
     """
-    done = sum(doc["state"] in ("completed", "swept") for doc in docs)
+    done = sum(doc["state"] in SETTLED_STATES for doc in docs)
     messages = sum(int(doc["messages"]) for doc in docs)
     size = sum(int(doc["bytes"]) for doc in docs)
-    planned = sum(max(int(doc.get("planned_bytes", 0)), int(doc["bytes"])) for doc in docs if doc["state"] not in ("completed", "swept"))
-    copied_pending = sum(int(doc["bytes"]) for doc in docs if doc["state"] not in ("completed", "swept"))
+    planned = sum(max(int(doc.get("planned_bytes", 0)), int(doc["bytes"])) for doc in docs if doc["state"] not in SETTLED_STATES)
+    copied_pending = sum(int(doc["bytes"]) for doc in docs if doc["state"] not in SETTLED_STATES)
     starts = [doc["started_at"] for doc in docs if doc.get("started_at")]
     ends = [doc["updated_at"] for doc in docs if doc.get("started_at")]
     seconds = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() if starts else 0.0

@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailmigrator.domain.states import ACCOUNT_STATES
+from mailmigrator.domain.states import ACCOUNT_STATES, SETTLED_STATES
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.wiring import Wired
 from mailmigrator.projections.accounts import event_row
 
-DONE_STATES = ("completed", "swept")
 RATE_WINDOW_SECONDS = 300.0
 MAX_PAGE = 500
 
@@ -138,7 +137,7 @@ class ConsoleQueries:
         eta = round(left / byte_rate) if byte_rate > 0 and left else (0 if not left else None)
         return {
             "accounts_total": len(accounts),
-            "accounts_done": sum(1 for doc in accounts if doc["state"] in DONE_STATES),
+            "accounts_done": sum(1 for doc in accounts if doc["state"] in SETTLED_STATES),
             "accounts_failed": sum(1 for doc in accounts if doc["state"] == "failed"),
             "messages_done": messages,
             "messages_planned": planned_messages,
