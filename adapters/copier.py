@@ -474,7 +474,7 @@ class MailboxCopier:
                 with trio.CancelScope(shield=True):
                     await _close(source, target)
 
-    async def _renew_lease(self, login: str, save: Callable[[], None]) -> None:
+    async def _renew_lease(self, login: str, save: Callable[[], object]) -> None:
         """Save a lease event of this node; its lease now runs from no later than just before the save."""
         before = time.monotonic()
         await self._store(save)
@@ -542,16 +542,17 @@ class MailboxCopier:
                         else:
                             wanted.append(message)
                     fetched = await trio.to_thread.run_sync(source.fetch, wanted)
-                    append, present_messages, present_bytes = [], 0, 0
-                    for message in fetched:
+                    append: list[FetchedMessage] = []
+                    present_messages, present_bytes = 0, 0
+                    for fetched_message in fetched:
                         if present:
-                            fp = fingerprint(message.raw)
+                            fp = fingerprint(fetched_message.raw)
                             if present[fp] > 0:
                                 present[fp] -= 1
                                 present_messages += 1
-                                present_bytes += len(message.raw)
+                                present_bytes += len(fetched_message.raw)
                                 continue
-                        append.append(message)
+                        append.append(fetched_message)
                     await send.send(_Batch(group[-1], append, present_messages, present_bytes, skipped))
 
         async def consume() -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from eventsourcing.persistence import PersistenceError
 
@@ -34,7 +34,7 @@ class CommandFailed(ExplainedError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(EXIT_USAGE, f"mailmigrator: {message} (see mailmigrator --help)\n")
 
 
@@ -211,7 +211,7 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
                 "swept_messages", "credential_destroyed_at", "error"):
         value = doc.get(key)
         if key == "bytes":
-            value = f"{value:,} ({human_bytes(value)})"
+            value = f"{value:,} ({human_bytes(doc['bytes'])})"
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key + ':':24} {'-' if value is None else value}")

@@ -49,5 +49,5 @@ def record_sample_accounts(app: MigrationService, first: int, count: int, checkp
                 )
         app.record_completed(login, len(FOLDERS) * 10 * checkpoints, len(FOLDERS) * 10_000, len(FOLDERS), 2.5, False)
         app.record_post_script(login, 0, 0.1, False)
-        written += app.recorder.max_notification_id() - before
+        written += (app.recorder.max_notification_id() or 0) - before
     return written
