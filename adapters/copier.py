@@ -53,6 +53,7 @@ from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields
 from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
+from mailmigrator.domain.model import PlannedFolderFields
 
 log = structlog.get_logger("mailmigrator.copier")
 
@@ -302,7 +303,7 @@ class MailboxCopier:
             plan, counts = await self._with_retries(job, "planning", lambda: self._plan(job))
             total_messages = sum(n for n, _ in counts.values())
             total_bytes = sum(b for _, b in counts.values())
-            planned = [
+            planned: list[PlannedFolderFields] = [
                 {"source": f.source, "target": f.target, "messages": counts.get(f.source, (0, 0))[0],
                  "bytes": counts.get(f.source, (0, 0))[1]}
                 for f in plan.folders

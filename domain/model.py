@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import NotRequired, TypedDict
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, TAggregate, event
 
 from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, IllegalTransition, LeaseLost
@@ -28,12 +28,22 @@ RUN_ID = uuid.uuid5(uuid.UUID("6f0b7f36-7c1e-5c34-9a53-3c2a3a0e4d11"), "migratio
 DEFAULT_LEASE_SECONDS = 120.0
 
 
+class PlannedFolderFields(TypedDict):
+    """One folder of the copy plan in `MigrationStarted`; older events carry only the source."""
+
+    source: str
+    target: NotRequired[str]
+    messages: NotRequired[int]
+    bytes: NotRequired[int]
+
+
 class _LeaseEvent(Aggregate.Event):
     """An event of the lease owner: its timestamp (the library's) renews the lease."""
 
-    def mutate(self, aggregate: Any) -> Any:
+    def mutate(self, aggregate: TAggregate | None) -> TAggregate | None:
         aggregate = super().mutate(aggregate)
-        aggregate.lease_renewed_at = self.timestamp
+        if isinstance(aggregate, AccountMigration):
+            aggregate.lease_renewed_at = self.timestamp
         return aggregate
 
 
@@ -52,7 +62,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["local_address"] = ""
 
     class PasswordVerified(Aggregate.Event):
@@ -71,7 +81,7 @@ class AccountMigration(Aggregate):
         aliases: list[dict[str, str]]
 
     class MigrationStarted(_LeaseEvent):
-        folders: list[dict[str, Any]]
+        folders: list[PlannedFolderFields]
         total_messages: int
         total_bytes: int
         attempt: int
@@ -81,7 +91,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
 
     class FolderCopied(_LeaseEvent):
@@ -103,7 +113,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
 
     class MigrationCompleted(Aggregate.Event):
@@ -133,7 +143,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["checkpoints"] = {}
 
     class CredentialDestroyed(Aggregate.Event):
@@ -190,7 +200,7 @@ class AccountMigration(Aggregate):
 
     def claim_migration(
         self,
-        folders: list[dict[str, Any]],
+        folders: list[PlannedFolderFields],
         total_messages: int,
         total_bytes: int,
         attempt: int,
@@ -245,7 +255,7 @@ class AccountMigration(Aggregate):
     @event(MigrationStarted)
     def start_migration(
         self,
-        folders: list[dict[str, Any]],
+        folders: list[PlannedFolderFields],
         total_messages: int,
         total_bytes: int,
         attempt: int,
@@ -337,7 +347,7 @@ class MigrationRun(Aggregate):
         pass
 
     class Configured(Aggregate.Event):
-        settings: dict[str, Any]
+        settings: dict[str, object]
 
     class Started(Aggregate.Event):
         by: str
@@ -362,7 +372,7 @@ class MigrationRun(Aggregate):
     @event(Opened)
     def __init__(self) -> None:
         self.state = "stopped"
-        self.settings: dict[str, Any] = {}
+        self.settings: dict[str, object] = {}
         self.finish_requested_by = ""
         self.finish_claimed_by = ""
 
@@ -376,7 +386,7 @@ class MigrationRun(Aggregate):
         self.state = new_state
 
     @event(Configured)
-    def configure(self, settings: dict[str, Any]) -> None:
+    def configure(self, settings: dict[str, object]) -> None:
         self._advance("Configured")
         self.settings = dict(settings)
 
