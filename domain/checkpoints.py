@@ -38,7 +38,10 @@ class FolderCopiedFields(TypedDict):
 
 
 class CheckpointFields(TypedDict, total=False):
-    """A `FolderCheckpoint` as stored in `FinishSwept.checkpoints`; older events lack some keys."""
+    """A `FolderCheckpoint` as stored in `FinishSwept.checkpoints`.
+
+    Sweeps recorded before `skipped` was stored lack that key; `from_dict` defaults any missing one.
+    """
 
     target: str
     uidvalidity: int

@@ -136,7 +136,7 @@ class AccountMigration(Aggregate):
         folders: dict[str, int]
         messages: int
         bytes: int
-        # Each swept folder's new checkpoint (FolderCopied's fields): the
+        # Each swept folder's new checkpoint (FolderCheckpoint.to_dict()): the
         # next sweep copies only what arrived after it.
         checkpoints: dict[str, CheckpointFields] | None
 
