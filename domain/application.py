@@ -10,18 +10,20 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar, Unpack
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import Aggregate, DomainEventProtocol
 from eventsourcing.persistence import RecordConflictError
 
+from mailmigrator.domain.checkpoints import CheckpointFields, FolderCopiedFields
 from mailmigrator.domain.errors import AccountNotFound, ConcurrentUpdate
 from mailmigrator.domain.logins import account_id
-from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS, RUN_ID, AccountMigration, MigrationRun
+from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS, RUN_ID, AccountMigration, MigrationRun, PlannedFolderFields
 
 T = TypeVar("T")
+AggregateT = TypeVar("AggregateT", AccountMigration, MigrationRun)
 
 # Concurrent writers to one aggregate are rare (parallel logins of one user,
 # two nodes); reloads with a short random pause settle them.
@@ -50,9 +52,9 @@ class MigrationService(Application[UUID]):
         except AggregateNotFoundError:
             return MigrationRun()
 
-    def history(self, login: str) -> Sequence[DomainEventProtocol[UUID]]:
+    def history(self, login: str) -> list[Aggregate.Event]:
         """Every event of one account, oldest first."""
-        events = list(self.events.get(account_id(login)))
+        events = [aggregate_event(e) for e in self.events.get(account_id(login))]
         if not events:
             raise AccountNotFound(login)
         return events
@@ -82,7 +84,7 @@ class MigrationService(Application[UUID]):
                 raise AccountNotFound(login) from None
             return AccountMigration(login=login)
 
-    def _update(self, load: Callable[[], Any], command: Callable[[Any], T]) -> T:
+    def _update(self, load: Callable[[], AggregateT], command: Callable[[AggregateT], T]) -> T:
         for _ in range(CONFLICT_RETRIES):
             aggregate = load()
             result = command(aggregate)
@@ -144,7 +146,7 @@ class MigrationService(Application[UUID]):
     def record_migration_started(
         self,
         login: str,
-        folders: list[dict[str, Any]],
+        folders: list[PlannedFolderFields],
         total_messages: int,
         total_bytes: int,
         *,
@@ -166,9 +168,9 @@ class MigrationService(Application[UUID]):
 
         return self.update_account(login, start)
 
-    def record_folder_copied(self, login: str, **checkpoint: Any) -> None:
+    def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None:
         """Record a checkpoint; pass `node=` to have a node without the lease refused (`LeaseLost`)."""
-        self.update_account(login, lambda a: a.copy_folder(**checkpoint))
+        self.update_account(login, lambda a: a.copy_folder(**copied))
 
     def record_completed(
         self,
@@ -213,7 +215,7 @@ class MigrationService(Application[UUID]):
         folders: dict[str, int],
         messages: int,
         bytes: int,
-        checkpoints: dict[str, dict[str, Any]] | None = None,
+        checkpoints: dict[str, CheckpointFields] | None = None,
     ) -> None:
         self.update_account(login, lambda a: a.sweep(folders, messages, bytes, checkpoints or {}))
 
@@ -248,16 +250,23 @@ class MigrationService(Application[UUID]):
     def complete_finish(self, accounts: int, messages: int) -> None:
         self.update_run(lambda r: r.complete_finish(accounts, messages))
 
-    def configure_run(self, settings: dict[str, Any]) -> bool:
+    def configure_run(self, settings: Mapping[str, object]) -> bool:
         """Record the effective settings when they differ from the last recorded ones."""
 
         def configure(run: MigrationRun) -> bool:
-            if run.settings == settings:
+            if run.settings == dict(settings):
                 return False
-            run.configure(settings)
+            run.configure(dict(settings))
             return True
 
         return self.update_run(configure)
+
+
+def aggregate_event(event: DomainEventProtocol[UUID]) -> Aggregate.Event:
+    """`event` as the aggregates' event class it is: every event recorded here is one."""
+    if not isinstance(event, Aggregate.Event):
+        raise TypeError(f"not an aggregate's event: {type(event).__qualname__}")
+    return event
 
 
 def _press(run: MigrationRun, target: str, command: Callable[[str], None], by: str) -> bool:

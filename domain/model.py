@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import NotRequired, TypedDict
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, TAggregate, event
 
+from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, IllegalTransition, LeaseLost
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
     ACCOUNT_TRANSITIONS,
+    LEASED_STATES,
     LOCKED_STATES,
     RUN_TRANSITIONS,
     next_state,
@@ -26,12 +28,22 @@ RUN_ID = uuid.uuid5(uuid.UUID("6f0b7f36-7c1e-5c34-9a53-3c2a3a0e4d11"), "migratio
 DEFAULT_LEASE_SECONDS = 120.0
 
 
+class PlannedFolderFields(TypedDict):
+    """One folder of the copy plan in `MigrationStarted`; older events carry only the source."""
+
+    source: str
+    target: NotRequired[str]
+    messages: NotRequired[int]
+    bytes: NotRequired[int]
+
+
 class _LeaseEvent(Aggregate.Event):
     """An event of the lease owner: its timestamp (the library's) renews the lease."""
 
-    def mutate(self, aggregate: Any) -> Any:
+    def mutate(self, aggregate: TAggregate | None) -> TAggregate | None:
         aggregate = super().mutate(aggregate)
-        aggregate.lease_renewed_at = self.timestamp
+        if isinstance(aggregate, AccountMigration):
+            aggregate.lease_renewed_at = self.timestamp
         return aggregate
 
 
@@ -50,7 +62,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["local_address"] = ""
 
     class PasswordVerified(Aggregate.Event):
@@ -69,7 +81,7 @@ class AccountMigration(Aggregate):
         aliases: list[dict[str, str]]
 
     class MigrationStarted(_LeaseEvent):
-        folders: list[dict[str, Any]]
+        folders: list[PlannedFolderFields]
         total_messages: int
         total_bytes: int
         attempt: int
@@ -79,7 +91,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
 
     class FolderCopied(_LeaseEvent):
@@ -89,7 +101,7 @@ class AccountMigration(Aggregate):
         highest_uid: int
         messages: int
         bytes: int
-        skipped: list[dict[str, Any]]
+        skipped: list[SkippedMessage]
         done: bool
         # Where the target stood at this checkpoint: a resume only fingerprints
         # target messages from target_uidnext on. last_uidl is the POP3 marker.
@@ -101,7 +113,7 @@ class AccountMigration(Aggregate):
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
 
     class MigrationCompleted(Aggregate.Event):
@@ -124,14 +136,14 @@ class AccountMigration(Aggregate):
         folders: dict[str, int]
         messages: int
         bytes: int
-        # Each swept folder's new checkpoint (FolderCopied's fields): the
+        # Each swept folder's new checkpoint (FolderCheckpoint.to_dict()): the
         # next sweep copies only what arrived after it.
-        checkpoints: dict[str, dict[str, Any]] | None
+        checkpoints: dict[str, CheckpointFields] | None
 
         class_version = 2
 
         @staticmethod
-        def upcast_v1_v2(state: dict[str, Any]) -> None:
+        def upcast_v1_v2(state: dict[str, object]) -> None:
             state["checkpoints"] = {}
 
     class CredentialDestroyed(Aggregate.Event):
@@ -148,7 +160,7 @@ class AccountMigration(Aggregate):
         self.target_login: str | None = None
         self.aliases: list[str] = []
         self.rejected_aliases: list[dict[str, str]] = []
-        self.folders: dict[str, dict[str, Any]] = {}
+        self.folders: dict[str, FolderCheckpoint] = {}
         self.attempts = 0
         self.last_error: str | None = None
         self.failed_retryable = False
@@ -182,13 +194,13 @@ class AccountMigration(Aggregate):
         Without `now` a foreign lease counts as live: nothing is taken over on a guess.
         """
         expires = self.lease_expires_at(lease_seconds)
-        if self.node == node or expires is None or self.state not in ("copying", "failed"):
+        if self.node == node or expires is None or self.state not in LEASED_STATES:
             return False
         return now is None or now < expires
 
     def claim_migration(
         self,
-        folders: list[dict[str, Any]],
+        folders: list[PlannedFolderFields],
         total_messages: int,
         total_bytes: int,
         attempt: int,
@@ -243,7 +255,7 @@ class AccountMigration(Aggregate):
     @event(MigrationStarted)
     def start_migration(
         self,
-        folders: list[dict[str, Any]],
+        folders: list[PlannedFolderFields],
         total_messages: int,
         total_bytes: int,
         attempt: int,
@@ -263,7 +275,7 @@ class AccountMigration(Aggregate):
         highest_uid: int,
         messages: int,
         bytes: int,
-        skipped: list[dict[str, Any]],
+        skipped: list[SkippedMessage],
         done: bool,
         target_uidvalidity: int = 0,
         target_uidnext: int = 0,
@@ -273,25 +285,19 @@ class AccountMigration(Aggregate):
         if node != self.node:
             raise LeaseLost(self.login, node, self.node)
         self._advance("FolderCopied")
-        previous = self.folders.get(source_folder)
-        if previous is not None and previous["uidvalidity"] == uidvalidity:
-            messages += previous["messages"]
-            bytes += previous["bytes"]
-            skipped_count = previous["skipped"] + len(skipped)
-        else:
-            skipped_count = len(skipped)
-        self.folders[source_folder] = {
-            "target": target_folder,
-            "uidvalidity": uidvalidity,
-            "highest_uid": highest_uid,
-            "messages": messages,
-            "bytes": bytes,
-            "skipped": skipped_count,
-            "done": done,
-            "target_uidvalidity": target_uidvalidity,
-            "target_uidnext": target_uidnext,
-            "last_uidl": last_uidl,
-        }
+        later = FolderCheckpoint(
+            target=target_folder,
+            uidvalidity=uidvalidity,
+            highest_uid=highest_uid,
+            messages=messages,
+            bytes=bytes,
+            skipped=len(skipped),
+            done=done,
+            target_uidvalidity=target_uidvalidity,
+            target_uidnext=target_uidnext,
+            last_uidl=last_uidl,
+        )
+        advance(self.folders, source_folder, later)
 
     @event(MigrationCompleted)
     def complete_migration(
@@ -321,17 +327,12 @@ class AccountMigration(Aggregate):
         folders: dict[str, int],
         messages: int,
         bytes: int,
-        checkpoints: dict[str, dict[str, Any]] | None = None,
+        checkpoints: dict[str, CheckpointFields] | None = None,
     ) -> None:
         self._advance("FinishSwept")
         self.swept_messages += messages
         for source_folder, checkpoint in (checkpoints or {}).items():
-            previous = self.folders.get(source_folder, {})
-            merged = dict(previous, **checkpoint)
-            if previous.get("uidvalidity") == checkpoint.get("uidvalidity"):
-                merged["messages"] = int(previous.get("messages", 0)) + int(checkpoint.get("messages", 0))
-                merged["bytes"] = int(previous.get("bytes", 0)) + int(checkpoint.get("bytes", 0))
-            self.folders[source_folder] = merged
+            advance(self.folders, source_folder, FolderCheckpoint.from_dict(checkpoint))
 
     @event(CredentialDestroyed)
     def destroy_credential(self, reason: str) -> None:
@@ -346,7 +347,7 @@ class MigrationRun(Aggregate):
         pass
 
     class Configured(Aggregate.Event):
-        settings: dict[str, Any]
+        settings: dict[str, object]
 
     class Started(Aggregate.Event):
         by: str
@@ -371,7 +372,7 @@ class MigrationRun(Aggregate):
     @event(Opened)
     def __init__(self) -> None:
         self.state = "stopped"
-        self.settings: dict[str, Any] = {}
+        self.settings: dict[str, object] = {}
         self.finish_requested_by = ""
         self.finish_claimed_by = ""
 
@@ -385,7 +386,7 @@ class MigrationRun(Aggregate):
         self.state = new_state
 
     @event(Configured)
-    def configure(self, settings: dict[str, Any]) -> None:
+    def configure(self, settings: dict[str, object]) -> None:
         self._advance("Configured")
         self.settings = dict(settings)
 

@@ -73,6 +73,8 @@ LOCKED_STATES: Final = frozenset({"verified", "created", "copying", "failed"})
 SETTLED_STATES: Final = frozenset({"completed", "swept"})
 # Not yet verified: the old server still serves these users.
 UNVERIFIED_STATES: Final = frozenset({"seen"})
+# A node copying the account holds a lease; a failed copy keeps it until it expires.
+LEASED_STATES: Final = frozenset({"copying", "failed"})
 
 RUN_STATES: Final = ("stopped", "started", "finishing", "finished")
 

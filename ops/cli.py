@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from eventsourcing.persistence import PersistenceError
 
@@ -23,7 +23,7 @@ from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
 from mailmigrator.ops.wiring import Wired, open_store
-from mailmigrator.projections.accounts import event_row, fleet_progress
+from mailmigrator.projections.accounts import AccountDoc, event_row, fleet_progress, new_run_doc
 from mailmigrator.projections.log import human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -34,7 +34,7 @@ class CommandFailed(ExplainedError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(EXIT_USAGE, f"mailmigrator: {message} (see mailmigrator --help)\n")
 
 
@@ -148,8 +148,8 @@ def _login(config: Config, raw: str) -> str:
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     wired = _open(config)
     if wired is None:
-        run: dict[str, Any] = {"state": "stopped"}
-        accounts: list[dict[str, Any]] = []
+        run = new_run_doc()
+        accounts: list[AccountDoc] = []
         nodes: list[dict[str, Any]] = []
         print(f"mailmigrator: no events recorded yet in {config.store.url}", file=sys.stderr)
     else:
@@ -189,8 +189,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _account_json(doc: dict[str, Any]) -> dict[str, Any]:
-    out = {key: value for key, value in doc.items() if key != "folders"}
+def _account_json(doc: AccountDoc) -> dict[str, object]:
+    out: dict[str, object] = {key: value for key, value in doc.items() if key != "folders"}
     out["folders"] = len(doc["folders"])
     return out
 
@@ -211,7 +211,7 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
                 "swept_messages", "credential_destroyed_at", "error"):
         value = doc.get(key)
         if key == "bytes":
-            value = f"{value:,} ({human_bytes(value)})"
+            value = f"{value:,} ({human_bytes(doc['bytes'])})"
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key + ':':24} {'-' if value is None else value}")

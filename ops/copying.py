@@ -90,8 +90,8 @@ def build_copier(
 ) -> MailboxCopier:
     """A copier wired to the configured servers and limits."""
     source = require_source(config)
-    require_target(config)
-    src_address, tgt_address = source_address(source), target_address(config.target)  # type: ignore[arg-type]
+    target = require_target(config)
+    src_address, tgt_address = source_address(source), target_address(target)
     warn_unverified(src_address, "[source]")
     warn_unverified(tgt_address, "[target]")
     reader = open_source_for(config)

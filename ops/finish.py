@@ -21,8 +21,8 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, Unpack
 
 import structlog
 import trio
@@ -32,6 +32,7 @@ from mailmigrator.adapters.mail.credentials import Credentials
 from mailmigrator.adapters.mail.connection import source_login_name
 from mailmigrator.adapters.store.vault import CredentialVault
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields, advance
 from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.copying import build_copier, copy_plan, require_source, target_plan
@@ -57,7 +58,7 @@ class SweepRecorder:
 
     def __init__(self, app: MigrationService) -> None:
         self.app = app
-        self.checkpoints: dict[str, dict[str, dict[str, Any]]] = {}
+        self.checkpoints: dict[str, dict[str, FolderCheckpoint]] = {}
         self.failures: dict[str, str] = {}
 
     def account(self, login: str) -> AccountMigration:
@@ -68,14 +69,9 @@ class SweepRecorder:
         self.failures.pop(login, None)
         return 0
 
-    def record_folder_copied(self, login: str, **checkpoint: Any) -> None:
+    def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None:
         folders = self.checkpoints.setdefault(login, {})
-        previous = folders.get(checkpoint["source_folder"])
-        merged = dict(checkpoint)
-        if previous is not None and previous["uidvalidity"] == checkpoint["uidvalidity"]:
-            merged["messages"] += previous["messages"]
-            merged["bytes"] += previous["bytes"]
-        folders[checkpoint["source_folder"]] = merged
+        advance(folders, copied["source_folder"], FolderCheckpoint.of_copied(copied))
 
     def record_completed(self, login: str, *args: Any, **kwargs: Any) -> None:
         pass
@@ -201,15 +197,9 @@ class FinishRun:
             self.report.accounts.append(AccountFinish(login, "failed", f"sweep: {reason}"))
             return
         gathered = self.recorder.checkpoints.pop(login, {})
-        per_folder = {name: int(cp["messages"]) for name, cp in gathered.items()}
-        messages, size = sum(per_folder.values()), sum(int(cp["bytes"]) for cp in gathered.values())
-        checkpoints = {
-            name: {"target": cp["target_folder"], "uidvalidity": cp["uidvalidity"], "highest_uid": cp["highest_uid"],
-                   "messages": cp["messages"], "bytes": cp["bytes"], "done": True,
-                   "target_uidvalidity": cp["target_uidvalidity"], "target_uidnext": cp["target_uidnext"],
-                   "last_uidl": cp["last_uidl"]}
-            for name, cp in gathered.items()
-        }
+        per_folder = {name: cp.messages for name, cp in gathered.items()}
+        messages, size = sum(per_folder.values()), sum(cp.bytes for cp in gathered.values())
+        checkpoints = {name: replace(cp, done=True).to_dict() for name, cp in gathered.items()}
         await self._call(lambda: self.app.record_swept(login, per_folder, messages, size, checkpoints))
         if self.vault is not None and await self._call(lambda: self.vault.destroy(login)):  # type: ignore[union-attr]
             await self._call(lambda: self.app.record_credential_destroyed(login, "first finish sweep succeeded"))

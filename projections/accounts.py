@@ -8,17 +8,101 @@ replaying the same events through the same functions.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import NotRequired, TypedDict
 
-from mailmigrator.domain.states import LOCKED_STATES
+from eventsourcing.domain import Aggregate
+
+from mailmigrator.domain.model import AccountMigration as Account
+from mailmigrator.domain.model import MigrationRun as Run
+from mailmigrator.domain.states import LEASED_STATES, LOCKED_STATES, SETTLED_STATES
 
 
-def event_name(event: Any) -> str:
+class FolderDoc(TypedDict):
+    target: str
+    messages: int
+    bytes: int
+    skipped: int
+    planned_messages: int
+    done: bool
+    uidvalidity: int | None
+    highest_uid: int
+
+
+class PostScriptDoc(TypedDict):
+    exit_status: int
+    duration_seconds: float
+    timed_out: bool
+    at: str
+
+
+class AccountDoc(TypedDict):
+    """One account as `status`, `show` and the console show it; times are ISO strings."""
+
+    login: str
+    state: str
+    locked: bool
+    target_login: str | None
+    aliases: list[str]
+    alias_conflicts: list[dict[str, str]]
+    folders: dict[str, FolderDoc]
+    messages: int
+    bytes: int
+    planned_messages: int
+    planned_bytes: int
+    skipped: int
+    attempts: int
+    logins: int
+    passwords_verified: int
+    passwords_rejected: int
+    last_protocol: str | None
+    first_seen: str
+    verified_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str
+    error: str | None
+    retryable: bool | None
+    post_script: PostScriptDoc | None
+    swept_messages: int
+    swept_at: str | None
+    credential_destroyed_at: str | None
+    passwords_only: bool
+    node: str
+    lease_renewed_at: str | None
+    # Added by the queries, not stored: where a locked user's mail client is sent.
+    redirect: NotRequired[str | None]
+
+
+class RunDoc(TypedDict):
+    state: str
+    settings: dict[str, object]
+    updated_at: str | None
+    finished_at: str | None
+
+
+class FleetProgress(TypedDict):
+    accounts_done: int
+    accounts_total: int
+    messages: int
+    bytes: int
+    bytes_per_second: float
+    eta_seconds: int | None
+
+
+class EventRow(TypedDict):
+    at: str
+    version: int
+    event: str
+    data: dict[str, object]
+
+
+def event_name(event: object) -> str:
     return type(event).__qualname__.rpartition(".")[2]
 
 
-def new_account_doc(login: str, at: str) -> dict[str, Any]:
+def new_account_doc(login: str, at: str) -> AccountDoc:
     return {
         "login": login,
         "state": "seen",
@@ -54,33 +138,32 @@ def new_account_doc(login: str, at: str) -> dict[str, Any]:
     }
 
 
-def new_run_doc() -> dict[str, Any]:
+def new_run_doc() -> RunDoc:
     return {"state": "stopped", "settings": {}, "updated_at": None, "finished_at": None}
 
 
-def apply_to_account(doc: dict[str, Any], event: Any) -> None:
+def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
     """Update one account document in place with one event of its aggregate."""
-    name = event_name(event)
     at = iso(event.timestamp)
     doc["updated_at"] = at
-    if name == "LoginSeen":
+    if isinstance(event, Account.LoginSeen):
         doc["logins"] += 1
         doc["last_protocol"] = event.protocol
-    elif name == "PasswordVerified":
+    elif isinstance(event, Account.PasswordVerified):
         # .get: documents folded before these counters existed lack them until a replay.
         doc["passwords_verified"] = doc.get("passwords_verified", 0) + 1
         doc["verified_at"] = doc["verified_at"] or at
         if doc["state"] == "seen":
             doc["state"] = "verified"
-    elif name == "PasswordRejected":
+    elif isinstance(event, Account.PasswordRejected):
         doc["passwords_rejected"] = doc.get("passwords_rejected", 0) + 1
-    elif name == "AccountCreated":
+    elif isinstance(event, Account.AccountCreated):
         doc["state"] = "created"
         doc["target_login"] = event.target_login
         doc["aliases"] = list(event.aliases)
-    elif name == "AliasesRejected":
+    elif isinstance(event, Account.AliasesRejected):
         doc["alias_conflicts"] = doc.get("alias_conflicts", []) + [dict(a) for a in event.aliases]
-    elif name == "MigrationStarted":
+    elif isinstance(event, Account.MigrationStarted):
         doc["state"] = "copying"
         doc["started_at"] = doc["started_at"] or at
         doc["attempts"] = event.attempt
@@ -104,7 +187,7 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
                     "highest_uid": 0,
                 },
             )
-    elif name == "FolderCopied":
+    elif isinstance(event, Account.FolderCopied):
         folder = doc["folders"].setdefault(
             event.source_folder,
             {"target": event.target_folder, "messages": 0, "bytes": 0, "skipped": 0,
@@ -121,63 +204,62 @@ def apply_to_account(doc: dict[str, Any], event: Any) -> None:
         doc["bytes"] += event.bytes
         doc["skipped"] += len(event.skipped)
         doc["lease_renewed_at"] = at
-    elif name == "MigrationCompleted":
+    elif isinstance(event, Account.MigrationCompleted):
         doc["state"] = "completed"
         doc["completed_at"] = at
         doc["error"] = None
         doc["retryable"] = None
         doc["passwords_only"] = event.passwords_only
-    elif name == "MigrationFailed":
+    elif isinstance(event, Account.MigrationFailed):
         doc["state"] = "failed"
         doc["error"] = event.reason
         doc["retryable"] = event.retryable
-    elif name == "PostScriptRan":
+    elif isinstance(event, Account.PostScriptRan):
         doc["post_script"] = {
             "exit_status": event.exit_status,
             "duration_seconds": event.duration_seconds,
             "timed_out": event.timed_out,
             "at": at,
         }
-    elif name == "FinishSwept":
+    elif isinstance(event, Account.FinishSwept):
         doc["state"] = "swept"
         doc["swept_messages"] += event.messages
         doc["messages"] += event.messages
         doc["bytes"] += event.bytes
         doc["swept_at"] = at
-    elif name == "CredentialDestroyed":
+    elif isinstance(event, Account.CredentialDestroyed):
         doc["credential_destroyed_at"] = at
     doc["locked"] = doc["state"] in LOCKED_STATES
 
 
-def apply_to_run(doc: dict[str, Any], event: Any) -> None:
+def apply_to_run(doc: RunDoc, event: Aggregate.Event) -> None:
     """Update the run document in place with one event of the run aggregate."""
-    name = event_name(event)
     at = iso(event.timestamp)
     doc["updated_at"] = at
-    if name == "Configured":
+    if isinstance(event, Run.Configured):
         doc["settings"] = dict(event.settings)
-    elif name == "Started":
+    elif isinstance(event, Run.Started):
         doc["state"] = "started"
-    elif name == "Stopped":
+    elif isinstance(event, Run.Stopped):
         doc["state"] = "stopped"
-    elif name == "FinishRequested":
+    elif isinstance(event, Run.FinishRequested):
         doc["state"] = "finishing"
-    elif name == "FinishCompleted":
+    elif isinstance(event, Run.FinishCompleted):
         doc["state"] = "finished"
         doc["finished_at"] = at
 
 
 def expired_leases(
-    docs: list[dict[str, Any]], node: str, now: datetime, lease_seconds: float
+    docs: Sequence[AccountDoc], node: str, now: datetime, lease_seconds: float
 ) -> list[str]:
     """Logins of copying or failed accounts whose lease, held by a node other than `node`, ran out at `now`.
 
     What a node may take over; the aggregate decides for sure when the claim is recorded.
     """
-    found = []
+    found: list[str] = []
     for doc in docs:
         renewed = doc.get("lease_renewed_at")
-        if doc["state"] not in ("copying", "failed") or renewed is None or doc.get("node", "") == node:
+        if doc["state"] not in LEASED_STATES or renewed is None or doc.get("node", "") == node:
             continue
         if (now - datetime.fromisoformat(renewed)).total_seconds() >= lease_seconds:
             found.append(doc["login"])
@@ -188,18 +270,18 @@ def iso(timestamp: datetime) -> str:
     return timestamp.isoformat(timespec="microseconds")
 
 
-def fleet_progress(docs: list[dict[str, Any]]) -> dict[str, Any]:
+def fleet_progress(docs: Sequence[AccountDoc]) -> FleetProgress:
     """The whole run's progress from the account documents: done/total, copied, average rate, ETA.
 
     The rate is what was copied since the first copy started, up to the last recorded change: an
     average over the run, the same on every node and after every replay.
     """
-    done = sum(doc["state"] in ("completed", "swept") for doc in docs)
+    done = sum(doc["state"] in SETTLED_STATES for doc in docs)
     messages = sum(int(doc["messages"]) for doc in docs)
     size = sum(int(doc["bytes"]) for doc in docs)
-    planned = sum(max(int(doc.get("planned_bytes", 0)), int(doc["bytes"])) for doc in docs if doc["state"] not in ("completed", "swept"))
-    copied_pending = sum(int(doc["bytes"]) for doc in docs if doc["state"] not in ("completed", "swept"))
-    starts = [doc["started_at"] for doc in docs if doc.get("started_at")]
+    planned = sum(max(int(doc.get("planned_bytes", 0)), int(doc["bytes"])) for doc in docs if doc["state"] not in SETTLED_STATES)
+    copied_pending = sum(int(doc["bytes"]) for doc in docs if doc["state"] not in SETTLED_STATES)
+    starts = [started for doc in docs if (started := doc.get("started_at"))]
     ends = [doc["updated_at"] for doc in docs if doc.get("started_at")]
     seconds = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() if starts else 0.0
     rate = size / seconds if seconds > 0 else 0.0
@@ -214,7 +296,7 @@ def fleet_progress(docs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def event_row(event: Any) -> dict[str, Any]:
+def event_row(event: Aggregate.Event) -> EventRow:
     """One event as the auditor reads it: when, which version, what, and its payload."""
     skip = {"originator_id", "originator_version", "timestamp", "originator_topic"}
     data = {k: v for k, v in vars(event).items() if k not in skip}

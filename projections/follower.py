@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-from mailmigrator.domain.application import MigrationService
-from mailmigrator.domain.model import RUN_ID
+from eventsourcing.persistence import Notification
+
+from mailmigrator.domain.application import MigrationService, aggregate_event
+from mailmigrator.domain.model import RUN_ID, AccountMigration
 from mailmigrator.projections.accounts import (
+    AccountDoc,
+    RunDoc,
     apply_to_account,
     apply_to_run,
-    event_name,
     iso,
     new_account_doc,
     new_run_doc,
@@ -70,8 +74,8 @@ class MigrationViews:
                 f.truncate(0)
         return self.catch_up()
 
-    def _fold(self, start: int, notifications: Any) -> ViewBatch:
-        events = [(n.id, self.app.mapper.to_domain_event(n)) for n in notifications]
+    def _fold(self, start: int, notifications: Sequence[Notification]) -> ViewBatch:
+        events = [(n.id, aggregate_event(self.app.mapper.to_domain_event(n))) for n in notifications]
         batch = ViewBatch(start_position=start, end_position=notifications[-1].id)
         ids = sorted({str(e.originator_id) for _, e in events if e.originator_id != RUN_ID})
         known = self.store.load_accounts(ids)
@@ -87,7 +91,7 @@ class MigrationViews:
                 key = str(event.originator_id)
                 doc = batch.accounts.get(key) or known.get(key)
                 if doc is None:
-                    if event_name(event) != "Registered":
+                    if not isinstance(event, AccountMigration.Registered):
                         raise RuntimeError(f"event {position} belongs to an account never registered")
                     doc = new_account_doc(event.login, iso(event.timestamp))
                 else:
@@ -103,14 +107,14 @@ class MigrationViews:
 
     # Queries
 
-    def run_status(self) -> dict[str, Any]:
+    def run_status(self) -> RunDoc:
         return self.store.load_run() or new_run_doc()
 
-    def accounts(self, state: str | None = None) -> list[dict[str, Any]]:
+    def accounts(self, state: str | None = None) -> list[AccountDoc]:
         migration_account = self._migration_account()
         return [_with_redirect(doc, migration_account) for doc in self.store.accounts(state)]
 
-    def account(self, login: str) -> dict[str, Any] | None:
+    def account(self, login: str) -> AccountDoc | None:
         doc = self.store.account(login)
         return None if doc is None else _with_redirect(doc, self._migration_account())
 
@@ -150,7 +154,7 @@ class MigrationViews:
                 self.store.set_logfile_state(path, written + len(lines), st.st_size, st.st_ino)
             return len(lines)
 
-    def _locked_log(self) -> Any:
+    def _locked_log(self) -> _LockedFile:
         assert self.log_file is not None
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         return _LockedFile(self.log_file)
@@ -162,7 +166,7 @@ class _LockedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> BinaryIO:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         self.file = os.fdopen(fd, "r+b")
         fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
@@ -173,6 +177,6 @@ class _LockedFile:
         self.file.close()
 
 
-def _with_redirect(doc: dict[str, Any], migration_account: str) -> dict[str, Any]:
+def _with_redirect(doc: AccountDoc, migration_account: str) -> AccountDoc:
     doc["redirect"] = migration_account if doc["locked"] and migration_account else None
     return doc

@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
 from mailmigrator.adapters.store.sql_tables import SqlTables, rowcount
+from mailmigrator.projections.accounts import AccountDoc, RunDoc
 
 PROJECTION_NAME = "migration_views"
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor (sqlite3 or psycopg) the position update uses."""
+
+    def execute(self, statement: str, parameters: Sequence[object], /) -> object: ...
 
 
 class StalePosition(Exception):
@@ -30,8 +37,8 @@ class ViewBatch:
 
     start_position: int
     end_position: int
-    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)  # account id -> doc
-    run: dict[str, Any] | None = None
+    accounts: dict[str, AccountDoc] = field(default_factory=dict)  # account id -> doc
+    run: RunDoc | None = None
     log_lines: list[tuple[int, int, str, str]] = field(default_factory=list)  # position, seq, login, line
 
 
@@ -78,7 +85,7 @@ class ViewStore(SqlTables, TrackingRecorder):
     def position(self) -> int:
         return self.max_tracking_id(PROJECTION_NAME) or 0
 
-    def _set_position(self, c: Any, name: str, expected: int | None, new: int) -> None:
+    def _set_position(self, c: Cursor, name: str, expected: int | None, new: int) -> None:
         if expected is None or expected == 0:
             c.execute(
                 self.sql("INSERT INTO {p}mm_tracking (name, position) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"),
@@ -98,10 +105,10 @@ class ViewStore(SqlTables, TrackingRecorder):
 
     # Views
 
-    def load_accounts(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def load_accounts(self, ids: Sequence[str]) -> dict[str, AccountDoc]:
         if not ids:
             return {}
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, AccountDoc] = {}
         with self._cursor(commit=False) as c:
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
@@ -111,11 +118,14 @@ class ViewStore(SqlTables, TrackingRecorder):
                     found[row["id"]] = json.loads(row["doc"])
         return found
 
-    def load_run(self) -> dict[str, Any] | None:
+    def load_run(self) -> RunDoc | None:
         with self._cursor(commit=False) as c:
             c.execute(self.sql("SELECT doc FROM {p}mm_run WHERE id = 1"))
             row = c.fetchone()
-        return None if row is None else json.loads(row["doc"])
+        if row is None:
+            return None
+        doc: RunDoc = json.loads(row["doc"])
+        return doc
 
     def commit(self, batch: ViewBatch) -> None:
         """Write a batch and move the position, or raise `StalePosition` and write nothing."""
@@ -146,23 +156,27 @@ class ViewStore(SqlTables, TrackingRecorder):
 
     # Queries
 
-    def accounts(self, state: str | None = None) -> list[dict[str, Any]]:
+    def accounts(self, state: str | None = None) -> list[AccountDoc]:
         query = "SELECT doc FROM {p}mm_accounts"
-        params: tuple[Any, ...] = ()
+        params: tuple[str, ...] = ()
         if state is not None:
             query += " WHERE state = %s"
             params = (state,)
         with self._cursor(commit=False) as c:
             c.execute(self.sql(query + " ORDER BY login"), params)
-            return [json.loads(row["doc"]) for row in c.fetchall()]
+            docs: list[AccountDoc] = [json.loads(row["doc"]) for row in c.fetchall()]
+        return docs
 
-    def account(self, login: str) -> dict[str, Any] | None:
+    def account(self, login: str) -> AccountDoc | None:
         with self._cursor(commit=False) as c:
             c.execute(self.sql("SELECT doc FROM {p}mm_accounts WHERE login = %s"), (login,))
             row = c.fetchone()
-        return None if row is None else json.loads(row["doc"])
+        if row is None:
+            return None
+        doc: AccountDoc = json.loads(row["doc"])
+        return doc
 
-    def run(self) -> dict[str, Any] | None:
+    def run(self) -> RunDoc | None:
         return self.load_run()
 
     def log_lines(self, after: int = 0, limit: int | None = None) -> list[str]:

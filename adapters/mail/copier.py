@@ -50,9 +50,11 @@ from mailmigrator.adapters.mail.message_source import (
 )
 from mailmigrator.adapters.retries import retrying
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
+from mailmigrator.domain.model import PlannedFolderFields
 from mailmigrator.domain.retries import CONNECTION_RETRIES, RetryPolicy
 
 log = structlog.get_logger("mailmigrator.copier")
@@ -64,9 +66,8 @@ TargetFactory = Callable[[LoginPlan], ImapTarget]
 # Messages and bytes to copy, by source folder name.
 FolderCounts = dict[str, tuple[int, int]]
 # The last recorded checkpoint of each source folder, by name.
-Checkpoints = dict[str, dict[str, Any]]
+Checkpoints = dict[str, FolderCheckpoint]
 # A message left out of the copy: its source UID, size and why.
-SkippedMessage = dict[str, int | str]
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class _FolderState:
     recorded_at: float = field(default_factory=time.monotonic)
     dirty: bool = False
 
-    def checkpoint(self, done: bool) -> dict[str, Any]:
+    def checkpoint(self, done: bool, node: str) -> FolderCopiedFields:
         return {
             "source_folder": self.folder.source,
             "target_folder": self.folder.target,
@@ -178,6 +179,7 @@ class _FolderState:
             "target_uidvalidity": self.target_uidvalidity,
             "target_uidnext": self.target_uidnext,
             "last_uidl": self.last_uidl,
+            "node": node,
         }
 
     def advance(self, batch: _Batch, outcome: AppendOutcome) -> tuple[int, int, int]:
@@ -210,22 +212,20 @@ class _Batch:
 
 
 def resume_point(
-    listing: FolderListing, checkpoint: dict[str, Any] | None, target_uidvalidity: int
+    listing: FolderListing, checkpoint: FolderCheckpoint | None, target_uidvalidity: int
 ) -> tuple[list[SourceMessage], int, bool]:
     """The source messages still to copy, the first target UID to fingerprint, and whether the checkpoint held."""
-    if checkpoint is None or checkpoint.get("target_uidvalidity") != target_uidvalidity:
+    if checkpoint is None or checkpoint.target_uidvalidity != target_uidvalidity:
         return list(listing.messages), 1, False
     if listing.by_uidl:
-        marker = checkpoint.get("last_uidl") or ""
         positions = {m.uidl: i for i, m in enumerate(listing.messages)}
-        if marker not in positions:
+        if checkpoint.last_uidl not in positions:
             return list(listing.messages), 1, False
-        return listing.messages[positions[marker] + 1:], int(checkpoint.get("target_uidnext") or 1), True
-    if checkpoint.get("uidvalidity") != listing.uidvalidity:
+        return listing.messages[positions[checkpoint.last_uidl] + 1:], checkpoint.target_uidnext or 1, True
+    if checkpoint.uidvalidity != listing.uidvalidity:
         return list(listing.messages), 1, False
-    highest = int(checkpoint.get("highest_uid") or 0)
-    pending = [m for m in listing.messages if m.uid > highest]
-    return pending, int(checkpoint.get("target_uidnext") or 1), True
+    pending = [m for m in listing.messages if m.uid > checkpoint.highest_uid]
+    return pending, checkpoint.target_uidnext or 1, True
 
 
 def batches(messages: Iterable[SourceMessage], max_bytes: int, max_messages: int) -> Iterable[list[SourceMessage]]:
@@ -338,7 +338,7 @@ class MailboxCopier:
     async def _start(self, job: AccountJob) -> tuple[Checkpoints, FolderPlan, FolderCounts]:
         """Plan the folders, record the start (claiming the lease), and count what earlier copies did."""
         account = await self._store(lambda: self.service.account(job.login))
-        checkpoints = {name: dict(cp) for name, cp in account.folders.items()}
+        checkpoints = dict(account.folders)
 
         async def plan() -> tuple[FolderPlan, FolderCounts]:
             async with self.source_limit.limiter:
@@ -349,14 +349,14 @@ class MailboxCopier:
         for f in folder_plan.folders:
             cp = checkpoints.get(f.source)
             if cp is not None:
-                self.progress.messages += int(cp.get("messages", 0))
-                self.progress.bytes += int(cp.get("bytes", 0))
+                self.progress.messages += cp.messages
+                self.progress.bytes += cp.bytes
         return checkpoints, folder_plan, counts
 
     async def _record_start(self, job: AccountJob, plan: FolderPlan, counts: FolderCounts) -> None:
         total_messages = sum(n for n, _ in counts.values())
         total_bytes = sum(b for _, b in counts.values())
-        planned: list[dict[str, str | int]] = [
+        planned: list[PlannedFolderFields] = [
             {"source": f.source, "target": f.target, "messages": counts.get(f.source, (0, 0))[0],
              "bytes": counts.get(f.source, (0, 0))[1]}
             for f in plan.folders
@@ -377,9 +377,9 @@ class MailboxCopier:
     async def _record_completion(self, job: AccountJob, folder_count: int, duration: float) -> AccountResult:
         account = await self._store(lambda: self.service.account(job.login))
         folders = account.folders
-        messages = sum(int(f["messages"]) for f in folders.values())
-        size = sum(int(f["bytes"]) for f in folders.values())
-        skipped = sum(int(f["skipped"]) for f in folders.values())
+        messages = sum(f.messages for f in folders.values())
+        size = sum(f.bytes for f in folders.values())
+        skipped = sum(f.skipped for f in folders.values())
         try:
             await self._store(lambda: self.service.record_completed(
                 job.login, messages, size, folder_count, duration, False, node=self.settings.node))
@@ -516,7 +516,7 @@ class MailboxCopier:
 
         await self._with_retries(job, f'folder "{folder.source}"', copy, record_and_disconnect)
 
-    async def _renew_lease(self, login: str, save: Callable[[], None]) -> None:
+    async def _renew_lease(self, login: str, save: Callable[[], object]) -> None:
         """Save a lease event of this node; its lease now runs from no later than just before the save."""
         before = time.monotonic()
         await self._store(save)
@@ -529,15 +529,9 @@ class MailboxCopier:
     async def _record(
         self, job: AccountJob, state: _FolderState, *, done: bool, checkpoints: Checkpoints
     ) -> None:
-        checkpoint = state.checkpoint(done)
-        await self._renew_lease(
-            job.login, lambda: self.service.record_folder_copied(job.login, node=self.settings.node, **checkpoint))
-        previous = checkpoints.get(state.folder.source)
-        merged = dict(checkpoint)
-        if previous is not None and previous.get("uidvalidity") == state.uidvalidity:
-            merged["messages"] = int(previous.get("messages", 0)) + state.messages
-            merged["bytes"] = int(previous.get("bytes", 0)) + state.bytes
-        checkpoints[state.folder.source] = merged
+        copied = state.checkpoint(done, self.settings.node)
+        await self._renew_lease(job.login, lambda: self.service.record_folder_copied(job.login, **copied))
+        advance(checkpoints, state.folder.source, FolderCheckpoint.of_copied(copied))
         state.messages, state.bytes, state.skipped = 0, 0, []
         state.recorded_at = time.monotonic()
         state.dirty = False
@@ -573,13 +567,13 @@ class MailboxCopier:
         target_uidvalidity, target_uidnext = await trio.to_thread.run_sync(target.status, folder.target)
         checkpoint = checkpoints.get(folder.source)
         pending, from_uid, held = resume_point(listing, checkpoint, target_uidvalidity)
-        if held and not pending and checkpoint and checkpoint.get("done"):
+        if held and not pending and checkpoint and checkpoint.done:
             return None
         state = _FolderState(
             folder,
             uidvalidity=listing.uidvalidity,
-            highest_uid=int(checkpoint["highest_uid"]) if held and checkpoint else 0,
-            last_uidl=str(checkpoint.get("last_uidl", "")) if held and checkpoint else "",
+            highest_uid=checkpoint.highest_uid if held and checkpoint else 0,
+            last_uidl=checkpoint.last_uidl if held and checkpoint else "",
             target_uidvalidity=target_uidvalidity,
             target_uidnext=target_uidnext,
         )
@@ -700,13 +694,13 @@ def _missing_on_target(
     """The batch ending at `last`: the fetched messages to append, less one match each in `present` (consumed)."""
     append: list[FetchedMessage] = []
     present_messages = present_bytes = 0
-    for message in fetched:
+    for fetched_message in fetched:
         if present:
-            fp = fingerprint(message.raw)
+            fp = fingerprint(fetched_message.raw)
             if present[fp] > 0:
                 present[fp] -= 1
                 present_messages += 1
-                present_bytes += len(message.raw)
+                present_bytes += len(fetched_message.raw)
                 continue
-        append.append(message)
+        append.append(fetched_message)
     return _Batch(last, append, present_messages, present_bytes, skipped)

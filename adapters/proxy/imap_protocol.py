@@ -291,9 +291,7 @@ def _check_arity(command: Command) -> None:
 
 
 def _syntax(tag: str, text: str) -> CommandSyntaxError:
-    error = CommandSyntaxError(text)
-    error.tag = tag  # type: ignore[attr-defined]
-    return error
+    return CommandSyntaxError(text, tag=tag)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,14 @@ class CommandSyntaxError(ProtocolError):
 
     imap_status = "BAD"
 
-    def __init__(self, text: str, code: str = "", pop3_code: str = "", *, fatal: bool = False) -> None:
+    def __init__(
+        self, text: str, code: str = "", pop3_code: str = "", *, fatal: bool = False, tag: str = "*"
+    ) -> None:
         super().__init__(text, code, pop3_code)
         # Fatal: the input stream cannot be resynchronised, the connection must end.
         self.fatal = fatal
+        # The tag of the command it answers; "*" when the command had none yet.
+        self.tag = tag
 
 
 def imap_reply(tag: str, error: ProtocolError) -> bytes:

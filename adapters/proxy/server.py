@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import ssl
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -194,7 +194,7 @@ class LoginProxy:
                 log.warning("connections refused", count=count, seconds=self.limits.refusal_report_interval,
                             busiest=dict(busiest), open=self.slots.total)
 
-    def _handler(self, listener: Listener) -> Callable[[trio.SocketStream], object]:
+    def _handler(self, listener: Listener) -> Callable[[trio.SocketStream], Awaitable[None]]:
         async def handle(stream: trio.SocketStream) -> None:
             await self.handle_connection(stream, listener)
 
@@ -566,7 +566,7 @@ _RELAY_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowE
 """What ends a relay quietly: either side gone, or not reading for `send_timeout`."""
 
 
-async def _send(stream: trio.abc.Stream, data: bytes, timeout: float) -> None:
+async def _send(stream: trio.abc.Stream, data: bytes | bytearray, timeout: float) -> None:
     with trio.fail_after(timeout):
         await stream.send_all(data)
 
@@ -716,7 +716,7 @@ async def _relay_screened(
                             await _send(client, to_client, send_timeout)
                     if hang_up:
                         return
-                data = await client.receive_some(RELAY_CHUNK)
+                data = bytes(await client.receive_some(RELAY_CHUNK))
                 if not data:
                     return
         except _RELAY_ENDS:

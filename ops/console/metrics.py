@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from mailmigrator.domain.states import RUN_STATES
 from mailmigrator.ops.console.queries import Snapshot, state_counts
+from mailmigrator.projections.accounts import AccountDoc
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,9 +53,9 @@ def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second:
     return "\n".join(out) + "\n"
 
 
-def _failures(accounts: list[dict[str, Any]]) -> list[tuple[dict[str, str], float]]:
+def _failures(accounts: list[AccountDoc]) -> list[tuple[dict[str, str], float]]:
     failed = [d for d in accounts if d["state"] == "failed"]
-    scripts = [d["post_script"] for d in accounts if d.get("post_script")]
+    scripts = [script for d in accounts if (script := d.get("post_script"))]
     return [
         ({"kind": "copy_retryable"}, sum(1 for d in failed if d["retryable"])),
         ({"kind": "copy_permanent"}, sum(1 for d in failed if not d["retryable"])),

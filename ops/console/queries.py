@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailmigrator.domain.states import ACCOUNT_STATES
+from mailmigrator.domain.states import ACCOUNT_STATES, SETTLED_STATES
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.wiring import Wired
-from mailmigrator.projections.accounts import event_row
+from mailmigrator.projections.accounts import AccountDoc, EventRow, RunDoc, event_row
 
-DONE_STATES = ("completed", "swept")
 RATE_WINDOW_SECONDS = 300.0
 MAX_PAGE = 500
 
@@ -28,8 +27,8 @@ class Snapshot:
     """The run document and every account document at one tracking position."""
 
     position: int
-    run: dict[str, Any]
-    accounts: list[dict[str, Any]]
+    run: RunDoc
+    accounts: list[AccountDoc]
 
 
 @dataclass
@@ -128,7 +127,7 @@ class ConsoleQueries:
             "progress": self._progress(snap.accounts),
         }
 
-    def _progress(self, accounts: list[dict[str, Any]]) -> dict[str, Any]:
+    def _progress(self, accounts: list[AccountDoc]) -> dict[str, Any]:
         messages = sum(doc["messages"] for doc in accounts)
         bytes_ = sum(doc["bytes"] for doc in accounts)
         planned_bytes = sum(max(doc["planned_bytes"], doc["bytes"]) for doc in accounts)
@@ -138,7 +137,7 @@ class ConsoleQueries:
         eta = round(left / byte_rate) if byte_rate > 0 and left else (0 if not left else None)
         return {
             "accounts_total": len(accounts),
-            "accounts_done": sum(1 for doc in accounts if doc["state"] in DONE_STATES),
+            "accounts_done": sum(1 for doc in accounts if doc["state"] in SETTLED_STATES),
             "accounts_failed": sum(1 for doc in accounts if doc["state"] == "failed"),
             "messages_done": messages,
             "messages_planned": planned_messages,
@@ -164,11 +163,11 @@ class ConsoleQueries:
             "accounts": [account_row(doc) for doc in page],
         }
 
-    def account(self, login: str) -> dict[str, Any] | None:
+    def account(self, login: str) -> AccountDoc | None:
         self.wired.views.catch_up()
         return self.wired.views.account(login)
 
-    def history(self, login: str) -> list[dict[str, Any]]:
+    def history(self, login: str) -> list[EventRow]:
         """Every event of the account, oldest first; `AccountNotFound` when none."""
         return [event_row(event) for event in self.wired.app.history(login)]
 
@@ -191,14 +190,14 @@ class ConsoleQueries:
         return {"changed": changed, "state": self.wired.views.run_status()["state"]}
 
 
-def state_counts(accounts: list[dict[str, Any]]) -> dict[str, int]:
+def state_counts(accounts: list[AccountDoc]) -> dict[str, int]:
     counts = {state: 0 for state in ACCOUNT_STATES}
     for doc in accounts:
         counts[doc["state"]] = counts.get(doc["state"], 0) + 1
     return counts
 
 
-def account_row(doc: dict[str, Any]) -> dict[str, Any]:
+def account_row(doc: AccountDoc) -> dict[str, Any]:
     """One line of the accounts table."""
     return {
         "login": doc["login"],

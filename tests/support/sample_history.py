@@ -7,6 +7,7 @@ without a mail server.
 from __future__ import annotations
 
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.model import PlannedFolderFields
 
 FOLDERS = ("INBOX", "Sent", "Drafts", "Archive/2019", "Entwürfe")
 
@@ -29,7 +30,7 @@ def record_sample_accounts(app: MigrationService, first: int, count: int, checkp
                                        [{"address": "ceo@example.com", "reason": "already mapped to chief@example.com"}])
         else:
             app.record_account_created(login, login, [], "passwd-file")
-        plan = [{"source": f, "target": f, "messages": 10 * checkpoints, "bytes": 20_000} for f in FOLDERS]
+        plan: list[PlannedFolderFields] = [{"source": f, "target": f, "messages": 10 * checkpoints, "bytes": 20_000} for f in FOLDERS]
         app.record_migration_started(login, plan, len(plan) * 10 * checkpoints, len(plan) * 20_000)
         if n % 7 == 0:
             app.record_failed(login, "connection reset by old server", True)
@@ -49,5 +50,5 @@ def record_sample_accounts(app: MigrationService, first: int, count: int, checkp
                 )
         app.record_completed(login, len(FOLDERS) * 10 * checkpoints, len(FOLDERS) * 10_000, len(FOLDERS), 2.5, False)
         app.record_post_script(login, 0, 0.1, False)
-        written += app.recorder.max_notification_id() - before
+        written += (app.recorder.max_notification_id() or 0) - before
     return written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,6 +14,7 @@ from mailmigrator.adapters.imap.responses import is_transient_response, parse_ap
 from mailmigrator.adapters.mail.message_source import FolderListing, SourceMessage
 from mailmigrator.adapters.pop3.source import unique_by_uidl
 from mailmigrator.adapters.mail.comparison import MessageState, compare_folder
+from mailmigrator.domain.checkpoints import FolderCheckpoint
 from mailmigrator.domain.fingerprint import fingerprint, message_id, received_date
 from mailmigrator.domain.folders import (
     ListedFolder,
@@ -150,23 +152,31 @@ def test_parse_appenduid(text: bytes, expected: tuple[int, list[int]] | None) ->
 LISTING = FolderListing(100, [SourceMessage(uid, 10) for uid in (3, 5, 8, 9)])
 
 
+def _checkpoint(uidvalidity: int, highest_uid: int, target_uidvalidity: int, target_uidnext: int,
+                last_uidl: str = "") -> FolderCheckpoint:
+    return FolderCheckpoint("INBOX", uidvalidity, highest_uid, target_uidvalidity=target_uidvalidity,
+                            target_uidnext=target_uidnext, last_uidl=last_uidl)
+
+
 @pytest.mark.parametrize(("checkpoint", "target_validity", "uids", "from_uid", "held"), [
     (None, 1, [3, 5, 8, 9], 1, False),
-    ({"uidvalidity": 100, "highest_uid": 5, "target_uidvalidity": 1, "target_uidnext": 40}, 1, [8, 9], 40, True),
-    ({"uidvalidity": 99, "highest_uid": 5, "target_uidvalidity": 1, "target_uidnext": 40}, 1, [3, 5, 8, 9], 1, False),
-    ({"uidvalidity": 100, "highest_uid": 5, "target_uidvalidity": 2, "target_uidnext": 40}, 1, [3, 5, 8, 9], 1, False),
-    ({"uidvalidity": 100, "highest_uid": 9, "target_uidvalidity": 1, "target_uidnext": 40}, 1, [], 40, True),
+    (_checkpoint(uidvalidity=100, highest_uid=5, target_uidvalidity=1, target_uidnext=40), 1, [8, 9], 40, True),
+    (_checkpoint(uidvalidity=99, highest_uid=5, target_uidvalidity=1, target_uidnext=40), 1, [3, 5, 8, 9], 1, False),
+    (_checkpoint(uidvalidity=100, highest_uid=5, target_uidvalidity=2, target_uidnext=40), 1, [3, 5, 8, 9], 1, False),
+    (_checkpoint(uidvalidity=100, highest_uid=9, target_uidvalidity=1, target_uidnext=40), 1, [], 40, True),
 ])
-def test_resume_point(checkpoint: dict | None, target_validity: int, uids: list[int], from_uid: int, held: bool) -> None:
+def test_resume_point(
+    checkpoint: FolderCheckpoint | None, target_validity: int, uids: list[int], from_uid: int, held: bool
+) -> None:
     pending, first, ok = resume_point(LISTING, checkpoint, target_validity)
     assert ([m.uid for m in pending], first, ok) == (uids, from_uid, held)
 
 
 def test_resume_point_by_uidl_and_lost_marker() -> None:
     listing = FolderListing(0, [SourceMessage(i, 1, f"u{i}") for i in (1, 2, 3)], by_uidl=True)
-    cp = {"uidvalidity": 0, "highest_uid": 2, "target_uidvalidity": 5, "target_uidnext": 9, "last_uidl": "u2"}
+    cp = _checkpoint(uidvalidity=0, highest_uid=2, target_uidvalidity=5, target_uidnext=9, last_uidl="u2")
     assert [m.uidl for m in resume_point(listing, cp, 5)[0]] == ["u3"]
-    assert [m.uidl for m in resume_point(listing, {**cp, "last_uidl": "gone"}, 5)[0]] == ["u1", "u2", "u3"]
+    assert [m.uidl for m in resume_point(listing, replace(cp, last_uidl="gone"), 5)[0]] == ["u1", "u2", "u3"]
 
 
 def test_pop3_listing_is_deduplicated_by_uidl() -> None:

@@ -48,7 +48,7 @@ def test_another_node_takes_over_only_after_the_lease_expires(app: MigrationServ
     assert app.account(LOGIN).node == "node-a"
     assert claim(app, "node-b", LEASE) == 2
     account = app.account(LOGIN)
-    assert (account.node, account.state, account.folders["INBOX"]["highest_uid"]) == ("node-b", "copying", 3)
+    assert (account.node, account.state, account.folders["INBOX"].highest_uid) == ("node-b", "copying", 3)
 
 
 def test_the_owner_resumes_its_own_account_while_the_lease_is_live(app: MigrationService) -> None:
@@ -112,7 +112,7 @@ def test_version_1_events_without_node_still_load(app: MigrationService) -> None
         StoredEvent(first.originator_id, version + 2, f"{topic}.FolderCopied", json.dumps(copied).encode()),
     ])
     account = app.account(LOGIN)
-    assert (account.state, account.node, account.folders["INBOX"]["messages"]) == ("copying", "", 3)
+    assert (account.state, account.node, account.folders["INBOX"].messages) == ("copying", "", 3)
     assert app.history(LOGIN)[-2].node == ""  # type: ignore[attr-defined]
 
 

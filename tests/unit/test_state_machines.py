@@ -152,13 +152,13 @@ def test_folder_checkpoints_accumulate_and_reset_on_new_uidvalidity() -> None:
     account = account_in("copying")
     account.copy_folder("INBOX", "INBOX", 7, 10, 10, 1000, [], False)
     account.copy_folder("INBOX", "INBOX", 7, 15, 5, 500, [{"uid": 12, "reason": "too large"}], True)
-    checkpoint = account.folders["INBOX"]
+    checkpoint = account.folders["INBOX"].to_dict()
     assert {k: checkpoint[k] for k in ("target", "uidvalidity", "highest_uid", "messages", "bytes", "skipped", "done")} == {
         "target": "INBOX", "uidvalidity": 7, "highest_uid": 15, "messages": 15,
         "bytes": 1500, "skipped": 1, "done": True,
     }
     account.copy_folder("INBOX", "INBOX", 8, 3, 3, 30, [], True)
-    assert account.folders["INBOX"]["messages"] == 3
+    assert account.folders["INBOX"].messages == 3
 
 
 def _payload(event: Any) -> dict[str, Any]:
