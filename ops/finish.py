@@ -28,15 +28,13 @@ import structlog
 import trio
 
 from mailmigrator.adapters.mail.copier import AccountJob, CopyProgress
-from mailmigrator.adapters.mail.credentials import Credentials
-from mailmigrator.adapters.mail.connection import source_login_name
+from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.store.vault import CredentialVault
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import Config
-from mailmigrator.ops.copying import build_copier, copy_plan, require_source, target_plan
 from mailmigrator.ops.manual_migration import show_progress
-from mailmigrator.ops.migration_flow import MigrationFlow, build_flow
+from mailmigrator.ops.composition import Migration, build_migration, copy_engine, require_source, source_limit
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.follower import MigrationViews
 from mailmigrator.projections.log import human_bytes
@@ -115,13 +113,15 @@ class FinishReport:
 class FinishRun:
     """One `finish` pass over every account."""
 
-    def __init__(self, config: Config, app: MigrationService, flow: MigrationFlow) -> None:
+    def __init__(self, config: Config, app: MigrationService, migration: Migration) -> None:
         self.config = config
         self.app = app
-        self.flow = flow
-        self.vault: CredentialVault | None = flow.vault
+        self.migration = migration
+        self.vault: CredentialVault | None = migration.vault
         self.recorder = SweepRecorder(app)
-        self.sweeper = build_copier(config, self.recorder, CopyProgress())  # type: ignore[arg-type]
+        # The sweep copies under the node's own limit on connections to the old server.
+        limit = migration.limit or source_limit(config)
+        self.sweeper = copy_engine(config, self.recorder, migration.servers, limit, CopyProgress())  # type: ignore[arg-type]
         self.report = FinishReport()
         self._limiter = trio.CapacityLimiter(1)
 
@@ -130,7 +130,7 @@ class FinishRun:
 
     def _credentials(self, login: str) -> Credentials | None:
         """How to log in to the old server for `login`: admin (empty password), the vault's password, or None."""
-        name = source_login_name(login, login, require_source(self.config).login_format)
+        name = self.migration.servers.source_name(login, login)
         if self.vault is None:
             return Credentials(name, "")
         password = self.vault.get(login)
@@ -164,7 +164,7 @@ class FinishRun:
             if credentials is None:
                 self.report.accounts.append(AccountFinish(login, "needs-login", NEEDS_LOGIN))
                 return
-            outcome = await self.flow.migrate(login, credentials)
+            outcome = await self.migration.migrate.run(login, credentials)
         if outcome.ok:
             self.report.accounts.append(AccountFinish(login, "completed", outcome.message))
         else:
@@ -189,11 +189,9 @@ class FinishRun:
                 else:
                     self.report.accounts.append(AccountFinish(login, "needs-login", NEEDS_LOGIN))
                 return
-            job = AccountJob(
-                login,
-                copy_plan(self.config, credentials.login, login, credentials.password or None),
-                target_plan(self.config, account.target_login or login),
-            )
+            servers = self.migration.servers
+            job = AccountJob(login, servers.copy_plan(credentials.login, login, credentials.password or None),
+                             servers.target_plan(account.target_login or login))
             result = await self.sweeper.copy_account(job)
         if not result.ok or login in self.recorder.failures:
             reason = self.recorder.failures.get(login) or result.error or "sweep failed"
@@ -218,14 +216,15 @@ class FinishRun:
         self.report.accounts.append(AccountFinish(login, "swept", f"{messages:,} late messages copied", messages, size))
 
 
-async def finish_migration(config: Config, app: MigrationService, views: MigrationViews, flow: MigrationFlow) -> FinishReport:
+async def finish_migration(config: Config, app: MigrationService, views: MigrationViews,
+                           migration: Migration) -> FinishReport:
     """The finish work, once claimed: complete what is pending, sweep every migrated account, record FinishCompleted."""
     await trio.to_thread.run_sync(views.catch_up)
     by_state = {
         state: [doc["login"] for doc in await trio.to_thread.run_sync(views.accounts, state)]
         for state in PENDING_STATES + SWEPT_STATES
     }
-    report = await FinishRun(config, app, flow).run(by_state)
+    report = await FinishRun(config, app, migration).run(by_state)
     swept = [a for a in report.accounts if a.result == "swept"]
     await trio.to_thread.run_sync(app.complete_finish, len(swept), sum(a.messages for a in swept))
     await trio.to_thread.run_sync(views.catch_up)
@@ -247,7 +246,7 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
         started = time.monotonic()
         if not app.claim_finish(config.migration.node_name):
             return _wait_for_finish_elsewhere(app, started)
-        report = trio.run(finish_migration, config, app, wired.views, build_flow(config, app))
+        report = trio.run(finish_migration, config, app, wired.views, build_migration(config, app))
     finally:
         wired.close()
     swept = [a for a in report.accounts if a.result == "swept"]

@@ -1,6 +1,6 @@
 """`mailmigrator migrate`: the Manual tab on the command line, one user or a bulk file.
 
-Both go through `MigrationFlow`, `concurrency` accounts at a time. On a
+Both go through the `MigrateAccount` use case, `concurrency` accounts at a time. On a
 terminal a progress line is redrawn in place; otherwise a line is printed
 every few seconds (for logs and CI). Passwords come from stdin, a no-echo
 prompt or the bulk file, and are never printed.
@@ -20,7 +20,9 @@ import trio
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem, parse_bulk
 from mailmigrator.ops.config import Config, ConfigError
-from mailmigrator.ops.migration_flow import FlowOutcome, MigrationFlow, build_flow
+from mailmigrator.adapters.mail.copier import CopyProgress
+from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
+from mailmigrator.ops.composition import build_migration
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.log import human_bytes
 
@@ -34,13 +36,13 @@ class BatchProgress:
     """Accounts done out of how many, over the flow's message and byte counters."""
 
     accounts: int
-    flow: MigrationFlow
+    progress_of: CopyProgress
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
-        p = self.flow.progress
+        p = self.progress_of
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = p.bytes / elapsed
         left = max(p.total_bytes - p.bytes, 0)
@@ -68,20 +70,19 @@ async def show_progress(line: Callable[[], str], out: TextIO, tty: bool) -> None
 
 
 async def migrate_entries(
-    flow: MigrationFlow, entries: Sequence[BulkEntry], concurrency: int, *, typed: str | None = None,
-    out: TextIO | None = None,
-) -> list[FlowOutcome]:
+    migrate: MigrateAccount, progress_of: CopyProgress, entries: Sequence[BulkEntry], concurrency: int, *,
+    typed: str | None = None, out: TextIO | None = None,
+) -> list[MigrationOutcome]:
     """Migrate every entry, `concurrency` at a time; outcomes in the entries' order."""
     out = out or sys.stderr
-    progress = BatchProgress(len(entries), flow)
+    progress = BatchProgress(len(entries), progress_of)
     slots = trio.Semaphore(concurrency)
-    outcomes: dict[int, FlowOutcome] = {}
+    outcomes: dict[int, MigrationOutcome] = {}
 
     async def one(index: int, entry: BulkEntry) -> None:
         async with slots:
             aliases = [entry.alias] if entry.alias else []
-            outcome = await flow.migrate_with_password(typed or entry.login, entry.login, entry.password,
-                                                       aliases=aliases)
+            outcome = await migrate.with_password(typed or entry.login, entry.login, entry.password, aliases=aliases)
         outcomes[index] = outcome
         progress.done += 1
         progress.failed += not outcome.ok
@@ -95,7 +96,7 @@ async def migrate_entries(
     return [outcomes[i] for i in range(len(entries))]
 
 
-def result_table(outcomes: Sequence[FlowOutcome]) -> list[str]:
+def result_table(outcomes: Sequence[MigrationOutcome]) -> list[str]:
     """One line per account: login, result, counts, and what happened in words."""
     width = max([len("LOGIN")] + [len(o.login) for o in outcomes])
     lines = [f"{'LOGIN':{width}}  {'RESULT':6}  {'MESSAGES':>9}  {'SIZE':>10}  DETAIL"]
@@ -149,8 +150,9 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     wired = open_store(config, create=True)
     assert wired is not None
     try:
-        flow = build_flow(config, wired.app)
-        outcomes = trio.run(lambda: migrate_entries(flow, entries, config.migration.concurrency, typed=typed))
+        migration = build_migration(config, wired.app, need_target=False)
+        outcomes = trio.run(lambda: migrate_entries(migration.migrate, migration.progress, entries,
+                                                    config.migration.concurrency, typed=typed))
         wired.views.catch_up()
     finally:
         entries.clear()
@@ -164,7 +166,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or problems else EXIT_OK
 
 
-def _single_result(outcome: FlowOutcome) -> int:
+def _single_result(outcome: MigrationOutcome) -> int:
     login = outcome.login
     if not outcome.ok:
         print(f"mailmigrator: {login}: {outcome.message}", file=sys.stderr)

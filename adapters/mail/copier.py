@@ -251,7 +251,7 @@ class MailboxCopier:
         service: MigrationService,
         open_source: SourceFactory,
         open_target: TargetFactory,
-        source_host: str,
+        source_limit: AdaptiveLimit,
         settings: CopySettings | None = None,
         progress: CopyProgress | None = None,
     ) -> None:
@@ -260,11 +260,10 @@ class MailboxCopier:
         self.open_target = open_target
         self.settings = settings or CopySettings()
         self.progress = progress or CopyProgress()
-        # One limiter per old server: every open source connection holds a token.
-        self.source_limit = AdaptiveLimit(source_host or "source", self.settings.connections_per_source_host,
-                                          adaptive=self.settings.adaptive_connections)
+        # One limit per old server and node: every open source connection holds a token.
+        self.source_limit = source_limit
         self.source_limiter = self.source_limit.limiter
-        self.source_host = source_host
+        self.source_host = source_limit.host
         # The event store is written from one thread at a time.
         self.store_limiter = trio.CapacityLimiter(1)
         # Per account being copied: this node's monotonic clock just before its last lease event was saved.

@@ -37,7 +37,13 @@ from mailmigrator.adapters.proxy.imap_protocol import (
     parse_command,
     parse_sasl_line,
 )
-from mailmigrator.adapters.proxy.login_routing import LoginRouter, Routed
+from mailmigrator.domain.use_cases.first_login import (
+    AuthenticationFailed,
+    FirstLogin,
+    MigrationInProgress,
+    Routed,
+    ServerUnavailable,
+)
 from mailmigrator.adapters.proxy.pop3_protocol import (
     LineTooLong,
     Pop3LineReader,
@@ -48,7 +54,9 @@ from mailmigrator.adapters.proxy.protocol_errors import (
     ProtocolError,
     ServerError,
     UserError,
+    authentication_failed,
     imap_reply,
+    migration_in_progress,
     pop3_reply,
 )
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
@@ -156,7 +164,7 @@ class _PreAuthSession:
 class LoginProxy:
     """Listeners plus the per-connection protocol loops."""
 
-    router: LoginRouter
+    router: FirstLogin
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     ssl_context: ssl.SSLContext | None = None
     limits: ProxyLimits = field(default_factory=ProxyLimits)
@@ -259,11 +267,17 @@ class LoginProxy:
             raise ServerError("Too many failed logins, try again later.", "UNAVAILABLE", "IN-USE")
         try:
             routed = await self.router.route(raw_login, password, protocol, client_address, local_address)
-        except UserError:
+        except AuthenticationFailed:
             attempt.failed()
             log.info("login failed", login=keys[0], client=client_address, protocol=protocol)
             await trio.sleep(self.limits.failure_delay)
-            raise
+            raise authentication_failed() from None
+        except ServerUnavailable as e:
+            attempt.release()
+            raise ServerError(str(e)) from None
+        except MigrationInProgress:
+            attempt.release()
+            raise migration_in_progress() from None
         except BaseException:
             attempt.release()
             raise

@@ -1,6 +1,6 @@
 """The Manual tab: migrate one user, or every user of a bulk file, now.
 
-The steps are the shared `MigrationFlow` (the CLI's `migrate --user` and
+The steps are the shared `MigrateAccount` use case (the CLI's `migrate --user` and
 `--bulk`, the proxy's workers), run inside serve's trio loop, so that a
 SIGTERM cancels a manual copy like any other (it resumes from its last
 checkpoint). Passwords live only in the queued job, are dropped as soon as
@@ -22,7 +22,7 @@ from mailmigrator.adapters.mail.copier import CopyProgress
 from mailmigrator.domain.errors import DomainError
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem
 from mailmigrator.ops.config import Config, ConfigError
-from mailmigrator.ops.migration_flow import build_flow
+from mailmigrator.ops.composition import build_migration
 from mailmigrator.ops.wiring import Wired
 
 log = structlog.get_logger("mailmigrator.console")
@@ -144,11 +144,12 @@ class ManualMigrations:
 async def migrate_account(config: Config, wired: Wired, entry: BulkEntry, progress: CopyProgress) -> AccountOutcome:
     """Verify, create, copy, complete, post-migrate script: the shared migration flow."""
     try:
-        flow = await trio.to_thread.run_sync(lambda: build_flow(config, wired.app, progress))
+        migration = await trio.to_thread.run_sync(
+            lambda: build_migration(config, wired.app, progress=progress, need_target=False))
     except (ConfigError, DomainError) as e:
         return AccountOutcome(entry.login, False, str(e))
     aliases = [entry.alias] if entry.alias else []
-    outcome = await flow.migrate_with_password(entry.login, entry.login, entry.password, aliases=aliases)
+    outcome = await migration.migrate.with_password(entry.login, entry.login, entry.password, aliases=aliases)
     return AccountOutcome(entry.login, outcome.ok, outcome.message)
 
 

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailmigrator.adapters.proxy.login_routing import RejectionCounts
+from mailmigrator.domain.use_cases.first_login import RejectionCounts
 from mailmigrator.domain.errors import AccountNotFound, DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import parse_bulk
