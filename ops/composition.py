@@ -17,6 +17,7 @@ from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.connection import ServerAddress, tls_context, warn_unverified
 from mailmigrator.adapters.mail.copier import CopyProgress, CopySettings, MailboxCopier
 from mailmigrator.adapters.mail.servers import AccountCopier, MailServers, SourceAccess, TargetAccess
+from mailmigrator.adapters.mail.sweep import AccountSweeper, SweepRecorder
 from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
 from mailmigrator.adapters.proxy.server import LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
@@ -27,6 +28,7 @@ from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.errors import MigrationRefused
 from mailmigrator.domain.states import LOCKED_STATES
 from mailmigrator.domain.use_cases.background import MigrationQueue
+from mailmigrator.domain.use_cases.finish_sweep import FinishSweep
 from mailmigrator.domain.use_cases.first_login import FirstLogin, LoginSettings, RunState
 from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationSettings
@@ -169,18 +171,21 @@ class Migration:
 
 
 def build_migration(config: Config, app: MigrationService, *, records: MigrationRecords | None = None,
-                    progress: CopyProgress | None = None, need_target: bool = True) -> Migration:
-    """The migrate-one-account use case wired to the configured servers, provisioner, vault, alias map and script."""
+                    progress: CopyProgress | None = None, limit: AdaptiveLimit | None = None,
+                    need_target: bool = True) -> Migration:
+    """The migrate-one-account use case wired to the configured servers, provisioner, vault, alias map and script.
+
+    `limit` is the node's limit on connections to the old server when another part of the process has it.
+    """
     servers = mail_servers(config, need_target=need_target)
     progress = progress or CopyProgress()
-    limit: AdaptiveLimit | None = None
     copier: Copier
     try:
         require_target(config)
     except ConfigError as e:
         copier = UnconfiguredCopier(str(e))
     else:
-        limit = source_limit(config)
+        limit = limit or source_limit(config)
         copier = AccountCopier(servers, copy_engine(config, app, servers, limit, progress))
     target, m = config.target, config.migration
     vault = open_vault(config, app)
@@ -194,18 +199,31 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
     return Migration(migrate, servers, vault, limit, progress)
 
 
-class LockedAccountViews:
-    """The account projection's locked and lease-expired accounts, for `LeaseTakeover`."""
+class AccountViews:
+    """The account projection's answers the take-over and the finish sweep need, read after a catch-up."""
 
     def __init__(self, views: MigrationViews) -> None:
         self.views = views
 
     def locked(self) -> list[str]:
+        return [login for logins in self.logins_in(LOCKED_STATES).values() for login in logins]
+
+    def logins_in(self, states: frozenset[str]) -> dict[str, list[str]]:
         self.views.catch_up()
-        return [doc["login"] for state in sorted(LOCKED_STATES) for doc in self.views.accounts(state)]
+        return {state: [doc["login"] for doc in self.views.accounts(state)] for state in sorted(states)}
 
     def expired(self, node: str, now: datetime, lease_seconds: float) -> list[str]:
         return expired_leases(self.views.accounts(None), node, now, lease_seconds)
+
+
+def build_finish(config: Config, app: MigrationService, views: MigrationViews, migration: Migration) -> FinishSweep:
+    """The finish sweep over `migration`'s servers, its sweeping engine under the same source limit."""
+    recorder = SweepRecorder(app)
+    limit = migration.limit or source_limit(config)
+    engine = copy_engine(config, recorder, migration.servers, limit, CopyProgress())  # type: ignore[arg-type]
+    sweeper = AccountSweeper(AccountCopier(migration.servers, engine), recorder)
+    return FinishSweep(migration.migrate.records, migration.servers, migration.migrate, sweeper,
+                       AccountViews(views), migration.vault, config.migration.concurrency)
 
 
 def proxy_limits(config: Config) -> ProxyLimits:
@@ -261,7 +279,7 @@ class Node:
 
 
 def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None = None,
-               throttle: LoginThrottle | None = None) -> Node:
+               throttle: LoginThrottle | None = None, views: MigrationViews | None = None) -> Node:
     """Wire the proxy, the first-login and background use cases and the copy engine from `config`."""
     if config.source is None:
         raise ConfigError("[source] is missing: serve needs the old server")
@@ -278,8 +296,8 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
     run_state = RunState()
     first_login = FirstLogin(records, server_backends(config, migration.servers), queue, migration.migrate,
                              login_settings(config), run_state, vault=migration.vault)
-    views = MigrationViews(app, log_file=m.log_file)
-    takeover = LeaseTakeover(records, migration.servers, queue, LockedAccountViews(views), migration.vault,
+    views = views or MigrationViews(app, log_file=m.log_file)
+    takeover = LeaseTakeover(records, migration.servers, queue, AccountViews(views), migration.vault,
                              m.node_name, m.lease_seconds)
     p = config.proxy
     context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls_cert and p.tls_key else None

@@ -21,6 +21,7 @@ from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem, parse_bulk
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.adapters.mail.copier import CopyProgress
+from mailmigrator.domain.use_cases.bulk import MigrateMany
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
 from mailmigrator.ops.composition import build_migration
 from mailmigrator.ops.wiring import open_store
@@ -33,23 +34,22 @@ PLAIN_REFRESH = 5.0
 
 @dataclass
 class BatchProgress:
-    """Accounts done out of how many, over the flow's message and byte counters."""
+    """Accounts done out of how many, over the copy engine's message and byte counters."""
 
     accounts: int
     progress_of: CopyProgress
-    done: int = 0
-    failed: int = 0
+    many: MigrateMany
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
-        p = self.progress_of
+        p, done, failed_count = self.progress_of, self.many.done, self.many.failed
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = p.bytes / elapsed
         left = max(p.total_bytes - p.bytes, 0)
         eta = f"{int(left / rate) // 60}:{int(left / rate) % 60:02d}" if rate > 0 and p.total_bytes else "?"
-        failed = f" ({self.failed} failed)" if self.failed else ""
+        failed = f" ({failed_count} failed)" if failed_count else ""
         return (
-            f"accounts {self.done}/{self.accounts}{failed}, {p.messages:,}/{p.total_messages:,} messages, "
+            f"accounts {done}/{self.accounts}{failed}, {p.messages:,}/{p.total_messages:,} messages, "
             f"{p.bytes / 1e6:,.1f}/{p.total_bytes / 1e6:,.1f} MB, {p.messages / elapsed:,.0f} msg/s, "
             f"{rate / 1e6:,.1f} MB/s, ETA {eta}"
         )
@@ -73,27 +73,15 @@ async def migrate_entries(
     migrate: MigrateAccount, progress_of: CopyProgress, entries: Sequence[BulkEntry], concurrency: int, *,
     typed: str | None = None, out: TextIO | None = None,
 ) -> list[MigrationOutcome]:
-    """Migrate every entry, `concurrency` at a time; outcomes in the entries' order."""
+    """Migrate every entry, `concurrency` at a time, with a progress line; outcomes in the entries' order."""
     out = out or sys.stderr
-    progress = BatchProgress(len(entries), progress_of)
-    slots = trio.Semaphore(concurrency)
-    outcomes: dict[int, MigrationOutcome] = {}
-
-    async def one(index: int, entry: BulkEntry) -> None:
-        async with slots:
-            aliases = [entry.alias] if entry.alias else []
-            outcome = await migrate.with_password(typed or entry.login, entry.login, entry.password, aliases=aliases)
-        outcomes[index] = outcome
-        progress.done += 1
-        progress.failed += not outcome.ok
-
+    many = MigrateMany(migrate, concurrency)
+    progress = BatchProgress(len(entries), progress_of, many)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(show_progress, progress.line, out, out.isatty())
-        async with trio.open_nursery() as work:
-            for index, entry in enumerate(entries):
-                work.start_soon(one, index, entry)
+        outcomes = await many.run(entries, typed=typed)
         nursery.cancel_scope.cancel()
-    return [outcomes[i] for i in range(len(entries))]
+    return outcomes
 
 
 def result_table(outcomes: Sequence[MigrationOutcome]) -> list[str]:

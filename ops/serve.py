@@ -29,6 +29,7 @@ from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.finish import FinishReport, finish_migration
 from mailmigrator.ops.preflight import check_before_listening
 from mailmigrator.ops.wiring import open_store
+from mailmigrator.projections.follower import MigrationViews
 
 log = structlog.get_logger("mailmigrator.serve")
 
@@ -142,9 +143,9 @@ class Service:
 
 
 def build_service(config: Config, app: MigrationService, limits: ProxyLimits | None = None,
-                  throttle: LoginThrottle | None = None) -> Service:
-    """The `serve` node for `config` over the store behind `app`."""
-    return Service(build_node(config, app, limits, throttle))
+                  throttle: LoginThrottle | None = None, views: MigrationViews | None = None) -> Service:
+    """The `serve` node for `config` over the store behind `app` (and its `views`, when already open)."""
+    return Service(build_node(config, app, limits, throttle, views))
 
 
 async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], None] | None = None) -> None:
@@ -153,7 +154,7 @@ async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], No
     wired = open_store(config, create=True)
     assert wired is not None
     try:
-        service = build_service(config, wired.app)
+        service = build_service(config, wired.app, views=wired.views)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(service.run)
@@ -171,7 +172,8 @@ async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], No
                 from mailmigrator.ops.console import run_console
 
                 await nursery.start(functools.partial(run_console, config, wired,
-                                                      rejections=service.node.first_login.rejections))
+                                                      rejections=service.node.first_login.rejections,
+                                                      source_limit=service.node.migration.limit))
     finally:
         wired.close()
     log.info("stopped")

@@ -26,11 +26,20 @@ UNREADABLE_CREDENTIAL = ("the stored password does not decrypt with this node's 
 
 
 class LockedAccounts(Protocol):
-    """The account projection's answers a take-over needs (`ops.composition.LockedAccountViews`)."""
+    """The account projection's answers a take-over needs (`ops.composition.AccountViews`)."""
 
     def locked(self) -> list[str]: ...
 
     def expired(self, node: str, now: datetime, lease_seconds: float) -> list[str]: ...
+
+
+def resume_credentials(servers: MailServers, vault: CredentialStore | None, login: str) -> Credentials | None:
+    """What a resume logs in to the old server with: the vault's password, or the admin login (empty password)."""
+    name = servers.source_name(login, login)
+    if vault is None:
+        return Credentials(name, "")
+    password = vault.get(login)
+    return Credentials(name, password) if password is not None else None
 
 
 @dataclass
@@ -84,12 +93,7 @@ class LeaseTakeover:
         return found
 
     def credentials(self, login: str) -> Credentials | None:
-        """What a resume logs in to the old server with: the vault's password, or the admin login (empty password)."""
-        name = self.servers.source_name(login, login)
-        if self.vault is None:
-            return Credentials(name, "")
-        password = self.vault.get(login)
-        return Credentials(name, password) if password is not None else None
+        return resume_credentials(self.servers, self.vault, login)
 
     async def report_unreadable(self, login: str) -> None:
         """A failure the admin sees on the account, recorded once (the scan repeats)."""
