@@ -66,3 +66,28 @@ class LeaseLost(DomainError):
         self.login = login
         self.node = node
         self.owner = owner
+
+
+class MigrationRefused(ExplainedError):
+    """One account's migration cannot go on; the message is the one line to show."""
+
+
+class PasswordRefused(ExplainedError):
+    """The old server refused the user's password."""
+
+
+class MailServerError(ExplainedError):
+    """A mail server could not do what was asked; `retryable` when asking again later may succeed."""
+
+    def __init__(self, text: str, *, retryable: bool) -> None:
+        super().__init__(text)
+        self.retryable = retryable
+
+
+def failure_text(error: BaseException) -> str:
+    """One line for a failure, safe to record: our own messages, or a fixed description."""
+    if isinstance(error, ExplainedError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"system error: {error.strerror or type(error).__name__}"
+    return f"unexpected {type(error).__name__}"

@@ -347,7 +347,8 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from mailmigrator.ops.copying import MigrationRefused, verify_one
+    from mailmigrator.domain.errors import MigrationRefused
+    from mailmigrator.ops.composition import mail_servers
     from mailmigrator.ops.logs import configure_logging
     from mailmigrator.ops.manual_migration import read_old_password
 
@@ -364,7 +365,8 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         finally:
             wired.close()
     try:
-        differences = verify_one(config, args.login, login, password, target_login)
+        differences = mail_servers(config).differences(args.login, login, password, target_login,
+                                                       config.migration.exclude_folders)
     except MigrationRefused as e:
         raise CommandFailed(str(e)) from None
     for line in differences:

@@ -1,223 +1,41 @@
-"""`mailmigrator finish`: complete what is pending, then sweep late mail from the old server.
+"""`mailmigrator finish`: the finish sweep from the command line, or waiting for the `serve` node doing it.
 
-The sweep reuses the copy engine unchanged: it copies each completed
-account again from its checkpoints, so only messages above a folder's
-checkpoint (same UIDVALIDITY) are fetched, and when UIDVALIDITY changed the
-target folder is fingerprinted so nothing is copied twice. The engine's
-per-folder checkpoints are gathered by `SweepRecorder` instead of being
-recorded as `FolderCopied` (the account is already completed), and become
-one `FinishSwept` with the new checkpoints, so a later `finish` starts
-from there. After an account's first successful sweep its vault credential
-is destroyed (`CredentialDestroyed`).
-
-`finish` does the work itself; a running `serve` keeps routing logins and
-shows the run as `finishing` until `FinishCompleted`. An account that `serve`
-is copying at this moment (recent checkpoints) is waited for, not copied twice.
+`finish` does the work itself unless a running `serve` already claimed it; a
+running `serve` keeps routing logins and shows the run as `finishing` until
+`FinishCompleted`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, Unpack
 
 import structlog
 import trio
 
-from mailmigrator.adapters.mail.copier import AccountJob, CopyProgress
-from mailmigrator.adapters.mail.credentials import Credentials
-from mailmigrator.adapters.mail.connection import source_login_name
-from mailmigrator.adapters.store.vault import CredentialVault
 from mailmigrator.domain.application import MigrationService
-from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields, advance
-from mailmigrator.domain.model import AccountMigration
+from mailmigrator.domain.use_cases.finish_sweep import FinishReport
+from mailmigrator.ops.composition import Migration, build_finish, build_migration, require_source
 from mailmigrator.ops.config import Config
-from mailmigrator.ops.copying import build_copier, copy_plan, require_source, target_plan
 from mailmigrator.ops.manual_migration import show_progress
-from mailmigrator.ops.migration_flow import MigrationFlow, build_flow
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.follower import MigrationViews
 from mailmigrator.projections.log import human_bytes
 
 log = structlog.get_logger("mailmigrator.finish")
 
-T = TypeVar("T")
 
-PENDING_STATES = ("verified", "created", "copying", "failed")
-SWEPT_STATES = ("completed", "swept")
-# A copy whose last checkpoint is younger than this belongs to a running `serve`.
-ACTIVE_COPY_SECONDS = 30.0
-NEEDS_LOGIN = "needs the user to log in again (no stored password and no [source] admin_user)"
-
-
-class SweepRecorder:
-    """Stands in for `MigrationService` while the copier sweeps: checkpoints are gathered per account, not recorded."""
-
-    def __init__(self, app: MigrationService) -> None:
-        self.app = app
-        self.checkpoints: dict[str, dict[str, FolderCheckpoint]] = {}
-        self.failures: dict[str, str] = {}
-
-    def account(self, login: str) -> AccountMigration:
-        return self.app.account(login)
-
-    def record_migration_started(self, login: str, *args: Any, **kwargs: Any) -> int:
-        self.checkpoints[login] = {}
-        self.failures.pop(login, None)
-        return 0
-
-    def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None:
-        folders = self.checkpoints.setdefault(login, {})
-        advance(folders, copied["source_folder"], FolderCheckpoint.of_copied(copied))
-
-    def record_completed(self, login: str, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def record_failed(self, login: str, reason: str, retryable: bool, **_fencing: Any) -> None:
-        self.failures[login] = reason
-
-
-@dataclass
-class AccountFinish:
-    """What `finish` did with one account."""
-
-    login: str
-    result: str  # completed | swept | needs-login | skipped | failed
-    detail: str
-    messages: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class FinishReport:
-    accounts: list[AccountFinish] = field(default_factory=list)
-    pending: int = 0
-    to_sweep: int = 0
-    swept: int = 0
-
-    def line(self) -> str:
-        late = sum(a.messages for a in self.accounts if a.result == "swept")
-        return (f"pending completed {sum(a.result == 'completed' for a in self.accounts)}/{self.pending}, "
-                f"swept {self.swept}/{self.to_sweep} accounts, {late:,} late messages")
-
-    @property
-    def failed(self) -> list[AccountFinish]:
-        return [a for a in self.accounts if a.result == "failed"]
-
-
-class FinishRun:
-    """One `finish` pass over every account."""
-
-    def __init__(self, config: Config, app: MigrationService, flow: MigrationFlow) -> None:
-        self.config = config
-        self.app = app
-        self.flow = flow
-        self.vault: CredentialVault | None = flow.vault
-        self.recorder = SweepRecorder(app)
-        self.sweeper = build_copier(config, self.recorder, CopyProgress())  # type: ignore[arg-type]
-        self.report = FinishReport()
-        self._limiter = trio.CapacityLimiter(1)
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
-
-    def _credentials(self, login: str) -> Credentials | None:
-        """How to log in to the old server for `login`: admin (empty password), the vault's password, or None."""
-        name = source_login_name(login, login, require_source(self.config).login_format)
-        if self.vault is None:
-            return Credentials(name, "")
-        password = self.vault.get(login)
-        return Credentials(name, password) if password is not None else None
-
-    async def run(self, logins_by_state: dict[str, list[str]]) -> FinishReport:
-        pending = [login for state in PENDING_STATES for login in logins_by_state.get(state, [])]
-        self.report.pending = len(pending)
-        slots = trio.Semaphore(self.config.migration.concurrency)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(show_progress, self.report.line, sys.stderr, sys.stderr.isatty())
-            async with trio.open_nursery() as work:
-                for login in pending:
-                    work.start_soon(self._complete, login, slots)
-            settled = [login for state in SWEPT_STATES for login in logins_by_state.get(state, [])]
-            settled += [a.login for a in self.report.accounts if a.result == "completed"]
-            self.report.to_sweep = len(settled)
-            async with trio.open_nursery() as work:
-                for login in settled:
-                    work.start_soon(self._sweep, login, slots)
-            nursery.cancel_scope.cancel()
-        return self.report
-
-    async def _complete(self, login: str, slots: trio.Semaphore) -> None:
-        async with slots:
-            account = await self._wait_for_running_copy(login)
-            if account.state in SWEPT_STATES:
-                self.report.accounts.append(AccountFinish(login, "completed", "completed by the running service"))
-                return
-            credentials = await self._call(lambda: self._credentials(login))
-            if credentials is None:
-                self.report.accounts.append(AccountFinish(login, "needs-login", NEEDS_LOGIN))
-                return
-            outcome = await self.flow.migrate(login, credentials)
-        if outcome.ok:
-            self.report.accounts.append(AccountFinish(login, "completed", outcome.message))
-        else:
-            self.report.accounts.append(AccountFinish(login, "failed", f"completing: {outcome.message}"))
-
-    async def _wait_for_running_copy(self, login: str) -> AccountMigration:
-        while True:
-            account = await self._call(lambda: self.app.account(login))
-            age = time.time() - account.modified_on.timestamp()
-            if account.state != "copying" or age > ACTIVE_COPY_SECONDS:
-                return account
-            await trio.sleep(1.0)
-
-    async def _sweep(self, login: str, slots: trio.Semaphore) -> None:
-        async with slots:
-            account = await self._call(lambda: self.app.account(login))
-            credentials = await self._call(lambda: self._credentials(login))
-            if credentials is None:
-                if account.state == "swept":
-                    self.report.accounts.append(AccountFinish(
-                        login, "skipped", "swept before; its password is destroyed (an admin login sweeps again)"))
-                else:
-                    self.report.accounts.append(AccountFinish(login, "needs-login", NEEDS_LOGIN))
-                return
-            job = AccountJob(
-                login,
-                copy_plan(self.config, credentials.login, login, credentials.password or None),
-                target_plan(self.config, account.target_login or login),
-            )
-            result = await self.sweeper.copy_account(job)
-        if not result.ok or login in self.recorder.failures:
-            reason = self.recorder.failures.get(login) or result.error or "sweep failed"
-            log.warning("finish sweep failed", login=login, error=reason)
-            self.report.accounts.append(AccountFinish(login, "failed", f"sweep: {reason}"))
-            return
-        gathered = self.recorder.checkpoints.pop(login, {})
-        per_folder = {name: cp.messages for name, cp in gathered.items()}
-        messages, size = sum(per_folder.values()), sum(cp.bytes for cp in gathered.values())
-        checkpoints = {name: replace(cp, done=True).to_dict() for name, cp in gathered.items()}
-        await self._call(lambda: self.app.record_swept(login, per_folder, messages, size, checkpoints))
-        if self.vault is not None and await self._call(lambda: self.vault.destroy(login)):  # type: ignore[union-attr]
-            await self._call(lambda: self.app.record_credential_destroyed(login, "first finish sweep succeeded"))
-        self.report.swept += 1
-        log.info("finish sweep", login=login, messages=messages, folders=per_folder)
-        self.report.accounts.append(AccountFinish(login, "swept", f"{messages:,} late messages copied", messages, size))
-
-
-async def finish_migration(config: Config, app: MigrationService, views: MigrationViews, flow: MigrationFlow) -> FinishReport:
+async def finish_migration(config: Config, app: MigrationService, views: MigrationViews,
+                           migration: Migration, *, show_progress_line: bool = False) -> FinishReport:
     """The finish work, once claimed: complete what is pending, sweep every migrated account, record FinishCompleted."""
-    await trio.to_thread.run_sync(views.catch_up)
-    by_state = {
-        state: [doc["login"] for doc in await trio.to_thread.run_sync(views.accounts, state)]
-        for state in PENDING_STATES + SWEPT_STATES
-    }
-    report = await FinishRun(config, app, flow).run(by_state)
-    swept = [a for a in report.accounts if a.result == "swept"]
-    await trio.to_thread.run_sync(app.complete_finish, len(swept), sum(a.messages for a in swept))
+
+    async def show(line: Callable[[], str]) -> None:
+        await show_progress(line, sys.stderr, sys.stderr.isatty())
+
+    report = await build_finish(config, app, views, migration).run(show if show_progress_line else None)
     await trio.to_thread.run_sync(views.catch_up)
     return report
 
@@ -237,7 +55,8 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
         started = time.monotonic()
         if not app.claim_finish(config.migration.node_name):
             return _wait_for_finish_elsewhere(app, started)
-        report = trio.run(finish_migration, config, app, wired.views, build_flow(config, app))
+        report = trio.run(functools.partial(finish_migration, config, app, wired.views, build_migration(config, app),
+                                             show_progress_line=True))
     finally:
         wired.close()
     swept = [a for a in report.accounts if a.result == "swept"]

@@ -1,6 +1,6 @@
 """`mailmigrator migrate`: the Manual tab on the command line, one user or a bulk file.
 
-Both go through `MigrationFlow`, `concurrency` accounts at a time. On a
+Both go through the `MigrateAccount` use case, `concurrency` accounts at a time. On a
 terminal a progress line is redrawn in place; otherwise a line is printed
 every few seconds (for logs and CI). Passwords come from stdin, a no-echo
 prompt or the bulk file, and are never printed.
@@ -20,7 +20,10 @@ import trio
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem, parse_bulk
 from mailmigrator.ops.config import Config, ConfigError
-from mailmigrator.ops.migration_flow import FlowOutcome, MigrationFlow, build_flow
+from mailmigrator.adapters.mail.copier import CopyProgress
+from mailmigrator.domain.use_cases.bulk import MigrateMany
+from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
+from mailmigrator.ops.composition import build_migration
 from mailmigrator.ops.wiring import open_store
 from mailmigrator.projections.log import human_bytes
 
@@ -31,23 +34,22 @@ PLAIN_REFRESH = 5.0
 
 @dataclass
 class BatchProgress:
-    """Accounts done out of how many, over the flow's message and byte counters."""
+    """Accounts done out of how many, over the copy engine's message and byte counters."""
 
     accounts: int
-    flow: MigrationFlow
-    done: int = 0
-    failed: int = 0
+    progress_of: CopyProgress
+    many: MigrateMany
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
-        p = self.flow.progress
+        p, done, failed_count = self.progress_of, self.many.done, self.many.failed
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = p.bytes / elapsed
         left = max(p.total_bytes - p.bytes, 0)
         eta = f"{int(left / rate) // 60}:{int(left / rate) % 60:02d}" if rate > 0 and p.total_bytes else "?"
-        failed = f" ({self.failed} failed)" if self.failed else ""
+        failed = f" ({failed_count} failed)" if failed_count else ""
         return (
-            f"accounts {self.done}/{self.accounts}{failed}, {p.messages:,}/{p.total_messages:,} messages, "
+            f"accounts {done}/{self.accounts}{failed}, {p.messages:,}/{p.total_messages:,} messages, "
             f"{p.bytes / 1e6:,.1f}/{p.total_bytes / 1e6:,.1f} MB, {p.messages / elapsed:,.0f} msg/s, "
             f"{rate / 1e6:,.1f} MB/s, ETA {eta}"
         )
@@ -68,34 +70,21 @@ async def show_progress(line: Callable[[], str], out: TextIO, tty: bool) -> None
 
 
 async def migrate_entries(
-    flow: MigrationFlow, entries: Sequence[BulkEntry], concurrency: int, *, typed: str | None = None,
-    out: TextIO | None = None,
-) -> list[FlowOutcome]:
-    """Migrate every entry, `concurrency` at a time; outcomes in the entries' order."""
+    migrate: MigrateAccount, progress_of: CopyProgress, entries: Sequence[BulkEntry], concurrency: int, *,
+    typed: str | None = None, out: TextIO | None = None,
+) -> list[MigrationOutcome]:
+    """Migrate every entry, `concurrency` at a time, with a progress line; outcomes in the entries' order."""
     out = out or sys.stderr
-    progress = BatchProgress(len(entries), flow)
-    slots = trio.Semaphore(concurrency)
-    outcomes: dict[int, FlowOutcome] = {}
-
-    async def one(index: int, entry: BulkEntry) -> None:
-        async with slots:
-            aliases = [entry.alias] if entry.alias else []
-            outcome = await flow.migrate_with_password(typed or entry.login, entry.login, entry.password,
-                                                       aliases=aliases)
-        outcomes[index] = outcome
-        progress.done += 1
-        progress.failed += not outcome.ok
-
+    many = MigrateMany(migrate, concurrency)
+    progress = BatchProgress(len(entries), progress_of, many)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(show_progress, progress.line, out, out.isatty())
-        async with trio.open_nursery() as work:
-            for index, entry in enumerate(entries):
-                work.start_soon(one, index, entry)
+        outcomes = await many.run(entries, typed=typed)
         nursery.cancel_scope.cancel()
-    return [outcomes[i] for i in range(len(entries))]
+    return outcomes
 
 
-def result_table(outcomes: Sequence[FlowOutcome]) -> list[str]:
+def result_table(outcomes: Sequence[MigrationOutcome]) -> list[str]:
     """One line per account: login, result, counts, and what happened in words."""
     width = max([len("LOGIN")] + [len(o.login) for o in outcomes])
     lines = [f"{'LOGIN':{width}}  {'RESULT':6}  {'MESSAGES':>9}  {'SIZE':>10}  DETAIL"]
@@ -149,8 +138,9 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     wired = open_store(config, create=True)
     assert wired is not None
     try:
-        flow = build_flow(config, wired.app)
-        outcomes = trio.run(lambda: migrate_entries(flow, entries, config.migration.concurrency, typed=typed))
+        migration = build_migration(config, wired.app, need_target=False)
+        outcomes = trio.run(lambda: migrate_entries(migration.migrate, migration.progress, entries,
+                                                    config.migration.concurrency, typed=typed))
         wired.views.catch_up()
     finally:
         entries.clear()
@@ -164,7 +154,7 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or problems else EXIT_OK
 
 
-def _single_result(outcome: FlowOutcome) -> int:
+def _single_result(outcome: MigrationOutcome) -> int:
     login = outcome.login
     if not outcome.ok:
         print(f"mailmigrator: {login}: {outcome.message}", file=sys.stderr)

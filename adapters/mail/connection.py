@@ -14,7 +14,7 @@ import structlog
 from imapclient.exceptions import IMAPClientError
 
 from mailmigrator.adapters.mail.adaptive_limit import overload_sign
-from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.imap.responses import is_transient_response, one_line
 from mailmigrator.domain.errors import ExplainedError
 

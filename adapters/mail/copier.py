@@ -128,6 +128,11 @@ class CopyProgress:
     accounts_failed: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def reset(self) -> None:
+        """Start counting again from zero (a new batch of accounts)."""
+        for name, value in vars(CopyProgress()).items():
+            setattr(self, name, value)
+
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.messages / elapsed

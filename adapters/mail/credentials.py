@@ -1,8 +1,6 @@
-"""Login credentials as a value whose printed forms never show the password, and their one wire form."""
+"""The one wire form of login credentials: UTF-8, never NUL, CR or LF."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from mailmigrator.domain.errors import ExplainedError
 
@@ -12,20 +10,6 @@ class UnsendableCredentials(ExplainedError):
 
     def __init__(self) -> None:
         super().__init__("the login name or password holds a character that cannot be sent (NUL, CR, LF or invalid)")
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A login name and its password; `repr` and `str` hide the password."""
-
-    login: str
-    password: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return f"Credentials(login={self.login!r}, password='***')"
-
-    def __str__(self) -> str:
-        return self.login
 
 
 def credential_bytes(text: str) -> bytes:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from mailmigrator.adapters.mail.credentials import Credentials, UnsendableCredentials, credential_bytes, sasl_plain
+from mailmigrator.domain.credentials import Credentials
+from mailmigrator.adapters.mail.credentials import UnsendableCredentials, credential_bytes, sasl_plain
 from mailmigrator.adapters.proxy.imap_protocol import quote
 from mailmigrator.domain.errors import ExplainedError
+from mailmigrator.domain.use_cases.first_login import BackendDown, BackendRefused
 
 CONNECT_TIMEOUT = 10.0
 RESPONSE_TIMEOUT = 30.0
@@ -34,11 +36,11 @@ class BackendError(ExplainedError):
     """A backend login did not succeed."""
 
 
-class BackendUnavailable(BackendError):
+class BackendUnavailable(BackendError, BackendDown):
     """The backend is down or said "try later"; nothing about the user is known."""
 
 
-class BackendRejected(BackendError):
+class BackendRejected(BackendError, BackendRefused):
     """The backend refused the credentials."""
 
 

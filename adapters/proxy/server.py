@@ -37,7 +37,13 @@ from mailmigrator.adapters.proxy.imap_protocol import (
     parse_command,
     parse_sasl_line,
 )
-from mailmigrator.adapters.proxy.login_routing import LoginRouter, Routed
+from mailmigrator.domain.use_cases.first_login import (
+    AuthenticationFailed,
+    FirstLogin,
+    MigrationInProgress,
+    Routed,
+    ServerUnavailable,
+)
 from mailmigrator.adapters.proxy.pop3_protocol import (
     LineTooLong,
     Pop3LineReader,
@@ -48,7 +54,9 @@ from mailmigrator.adapters.proxy.protocol_errors import (
     ProtocolError,
     ServerError,
     UserError,
+    authentication_failed,
     imap_reply,
+    migration_in_progress,
     pop3_reply,
 )
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
@@ -156,7 +164,7 @@ class _PreAuthSession:
 class LoginProxy:
     """Listeners plus the per-connection protocol loops."""
 
-    router: LoginRouter
+    router: FirstLogin[BackendSession]
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     ssl_context: ssl.SSLContext | None = None
     limits: ProxyLimits = field(default_factory=ProxyLimits)
@@ -247,7 +255,7 @@ class LoginProxy:
 
     async def login(
         self, raw_login: str, password: str, protocol: Literal["imap", "pop3"], client_address: str, local_address: str
-    ) -> Routed:
+    ) -> Routed[BackendSession]:
         """Reserve a throttle slot, then route; raises `ProtocolError` for the client."""
         keys = self.router.throttle_keys(raw_login, local_address)
         attempt = await self.throttle.begin(keys, client_address)
@@ -259,11 +267,17 @@ class LoginProxy:
             raise ServerError("Too many failed logins, try again later.", "UNAVAILABLE", "IN-USE")
         try:
             routed = await self.router.route(raw_login, password, protocol, client_address, local_address)
-        except UserError:
+        except AuthenticationFailed:
             attempt.failed()
             log.info("login failed", login=keys[0], client=client_address, protocol=protocol)
             await trio.sleep(self.limits.failure_delay)
-            raise
+            raise authentication_failed() from None
+        except ServerUnavailable as e:
+            attempt.release()
+            raise ServerError(str(e)) from None
+        except MigrationInProgress:
+            attempt.release()
+            raise migration_in_progress() from None
         except BaseException:
             attempt.release()
             raise
@@ -335,7 +349,7 @@ class ImapSession(_PreAuthSession):
         except EOFError:
             return
 
-    async def dispatch(self, command: Command) -> Routed | None:
+    async def dispatch(self, command: Command) -> Routed[BackendSession] | None:
         tag, name = command.tag, command.name
         if name not in PRE_AUTH_COMMANDS:
             await self.send(f"{tag} BAD Command not allowed before login.\r\n".encode())
@@ -368,7 +382,7 @@ class ImapSession(_PreAuthSession):
         self.reader = ImapCommandReader(max_line=self.reader.max_line, max_literal=self.reader.max_literal)
         await self.start_tls()
 
-    async def authenticate(self, command: Command) -> Routed | None:
+    async def authenticate(self, command: Command) -> Routed[BackendSession] | None:
         tag = command.tag
         mechanism = str(command.args[0]).upper()
         try:
@@ -413,7 +427,7 @@ class ImapSession(_PreAuthSession):
             raise SaslCancelled()
         return data
 
-    async def try_login(self, tag: str, user: str, password: str) -> Routed | None:
+    async def try_login(self, tag: str, user: str, password: str) -> Routed[BackendSession] | None:
         if not self.tls and self.proxy.require_tls_for_login:
             await self.send(f"{tag} NO [PRIVACYREQUIRED] Log in after STARTTLS.\r\n".encode())
             return None
@@ -423,7 +437,7 @@ class ImapSession(_PreAuthSession):
             await self.send(imap_reply(tag, e))
             return None
 
-    async def after_login(self, tag: str, routed: Routed) -> None:
+    async def after_login(self, tag: str, routed: Routed[BackendSession]) -> None:
         session = routed.session
         try:
             caps = session.capabilities
@@ -501,7 +515,7 @@ class Pop3Session(_PreAuthSession):
         except EOFError:
             return
 
-    async def dispatch(self, name: str, args: tuple[str, ...]) -> Routed | None:
+    async def dispatch(self, name: str, args: tuple[str, ...]) -> Routed[BackendSession] | None:
         if name == "CAPA":
             await self.send(("+OK\r\n" + "".join(c + "\r\n" for c in self.capabilities()) + ".\r\n").encode())
         elif name == "NOOP":
@@ -538,7 +552,7 @@ class Pop3Session(_PreAuthSession):
         self.reader = Pop3LineReader(max_line=self.reader.max_line)
         await self.start_tls()
 
-    async def auth(self, args: tuple[str, ...]) -> Routed | None:
+    async def auth(self, args: tuple[str, ...]) -> Routed[BackendSession] | None:
         if not args:
             await self.send(b"+OK\r\nPLAIN\r\n.\r\n")
             return None

@@ -1,6 +1,6 @@
 """The Manual tab: migrate one user, or every user of a bulk file, now.
 
-The steps are the shared `MigrationFlow` (the CLI's `migrate --user` and
+The steps are the shared `MigrateAccount` use case (the CLI's `migrate --user` and
 `--bulk`, the proxy's workers), run inside serve's trio loop, so that a
 SIGTERM cancels a manual copy like any other (it resumes from its last
 checkpoint). Passwords live only in the queued job, are dropped as soon as
@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 import trio
 
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.copier import CopyProgress
+from mailmigrator.domain.use_cases.bulk import MigrateMany
 from mailmigrator.domain.errors import DomainError
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem
 from mailmigrator.ops.config import Config, ConfigError
-from mailmigrator.ops.migration_flow import build_flow
+from mailmigrator.ops.composition import Migration, build_migration
 from mailmigrator.ops.wiring import Wired
 
 log = structlog.get_logger("mailmigrator.console")
@@ -48,7 +49,7 @@ class ManualJob:
     problems: list[BulkProblem]
     entries: list[BulkEntry] = field(repr=False)
     state: str = "queued"
-    current: list[str] = field(default_factory=list)
+    many: MigrateMany | None = None
     outcomes: list[AccountOutcome] = field(default_factory=list)
     progress: CopyProgress = field(default_factory=CopyProgress)
     submitted: float = field(default_factory=time.time)
@@ -62,7 +63,7 @@ class ManualJob:
             "state": self.state,
             "accounts": len(self.logins),
             "logins": self.logins[:20],
-            "current": list(self.current),
+            "current": list(self.many.current) if self.many is not None else [],
             "problems": [str(problem) for problem in self.problems],
             "outcomes": [vars(o) for o in self.outcomes],
             "messages": p.messages,
@@ -81,16 +82,14 @@ class QueueFull(Exception):
     """Too many manual migrations are waiting; try again when some are done."""
 
 
-AccountMigrator = Callable[[Config, Wired, BulkEntry, CopyProgress], Awaitable[AccountOutcome]]
-
-
 class ManualMigrations:
     """Queued manual migrations, run one job at a time by `run` inside the console's nursery."""
 
-    def __init__(self, config: Config, wired: Wired, migrate: AccountMigrator | None = None) -> None:
+    def __init__(self, config: Config, wired: Wired, source_limit: AdaptiveLimit | None = None) -> None:
         self.config = config
         self.wired = wired
-        self.migrate = migrate or migrate_account
+        self.source_limit = source_limit
+        self._migration: Migration | None = None
         self.jobs: dict[int, ManualJob] = {}
         self._ids = itertools.count(1)
         self._send, self._receive = trio.open_memory_channel[ManualJob](MAX_QUEUED_JOBS)
@@ -119,37 +118,31 @@ class ManualMigrations:
 
     async def _run_job(self, job: ManualJob) -> None:
         job.state = "running"
-        slots = trio.Semaphore(self.config.migration.concurrency)
-
-        async def one(entry: BulkEntry) -> None:
-            async with slots:
-                job.current.append(entry.login)
-                try:
-                    outcome = await self.migrate(self.config, self.wired, entry, job.progress)
-                finally:
-                    job.current.remove(entry.login)
-                job.outcomes.append(outcome)
-                log.info("manual migration", login=entry.login, ok=outcome.ok, result=outcome.message)
-
         try:
-            async with trio.open_nursery() as nursery:
-                for entry in job.entries:
-                    nursery.start_soon(one, entry)
+            migration = await self.migration()
+        except (ConfigError, DomainError) as e:
+            job.outcomes = [AccountOutcome(entry.login, False, str(e)) for entry in job.entries]
+        else:
+            migration.progress.reset()
+            job.progress = migration.progress
+            job.many = MigrateMany(migration.migrate, self.config.migration.concurrency)
+            try:
+                for outcome in await job.many.run(job.entries):
+                    job.outcomes.append(AccountOutcome(outcome.login, outcome.ok, outcome.message))
+                    log.info("manual migration", login=outcome.login, ok=outcome.ok, result=outcome.message)
+            finally:
+                job.progress = replace(migration.progress)
         finally:
             job.entries.clear()  # the passwords go with them
             job.finished = time.time()
             job.state = "done" if all(o.ok for o in job.outcomes) else "failed"
 
-
-async def migrate_account(config: Config, wired: Wired, entry: BulkEntry, progress: CopyProgress) -> AccountOutcome:
-    """Verify, create, copy, complete, post-migrate script: the shared migration flow."""
-    try:
-        flow = await trio.to_thread.run_sync(lambda: build_flow(config, wired.app, progress))
-    except (ConfigError, DomainError) as e:
-        return AccountOutcome(entry.login, False, str(e))
-    aliases = [entry.alias] if entry.alias else []
-    outcome = await flow.migrate_with_password(entry.login, entry.login, entry.password, aliases=aliases)
-    return AccountOutcome(entry.login, outcome.ok, outcome.message)
+    async def migration(self) -> Migration:
+        """The console's one migration use case, built at the first job, under the node's source limit."""
+        if self._migration is None:
+            self._migration = await trio.to_thread.run_sync(lambda: build_migration(
+                self.config, self.wired.app, limit=self.source_limit, need_target=False))
+        return self._migration
 
 
 def single_entry(login: str, password: str) -> BulkEntry:

@@ -26,7 +26,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailmigrator.adapters.proxy.login_routing import RejectionCounts
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
+from mailmigrator.domain.use_cases.first_login import RejectionCounts
 from mailmigrator.domain.errors import AccountNotFound, DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.bulk import parse_bulk
@@ -406,6 +407,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 async def run_console(
     config: Config, wired: Wired, *, rejections: RejectionCounts | None = None,
+    source_limit: AdaptiveLimit | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the console on `[admin] listen` until cancelled; reports the bound URLs (empty when disabled)."""
@@ -417,7 +419,8 @@ async def run_console(
         return
     admin_password = await trio.to_thread.run_sync(AdminPassword.from_file, admin.password_file)
     secure = bool(admin.tls_cert and admin.tls_key)
-    app, console = build_console(config, wired, admin_password, secure_cookies=secure, rejections=rejections)
+    app, console = build_console(config, wired, admin_password, secure_cookies=secure, rejections=rejections,
+                                 manual=ManualMigrations(config, wired, source_limit))
     async with trio.open_nursery() as nursery:
         await nursery.start(console.manual.run)
         # Starlette's ASGI types and hypercorn's describe the same protocol in different words.

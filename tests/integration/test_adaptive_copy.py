@@ -12,7 +12,7 @@ from mailmigrator.adapters.mail.copier import AccountJob
 from mailmigrator.domain.application import MigrationService
 import testbed
 from mailmigrator.ops.config import load_config
-from mailmigrator.ops.copying import build_copier, copy_plan, target_plan
+from mailmigrator.ops.composition import copy_engine, mail_servers, source_limit
 
 pytestmark = pytest.mark.dovecot
 
@@ -37,8 +37,9 @@ async def copy_through(relay: FaultRelay, tmp: Path, old: testbed.DovecotServer,
         app.record_password_verified(login, "test")
         app.record_account_created(login, login, [], "existing")
         users.append((login, password))
-    copier = build_copier(config, app)
-    jobs = [AccountJob(login, copy_plan(config, login, login, password), target_plan(config, login))
+    servers = mail_servers(config)
+    copier = copy_engine(config, app, servers, source_limit(config))
+    jobs = [AccountJob(login, servers.copy_plan(servers.source_name(login, login), login, password), servers.target_plan(login))
             for login, password in users]
     refused_before = relay.refused
     results = await copier.copy_accounts(jobs)

@@ -14,7 +14,7 @@ from mailmigrator.adapters.mail.copier import AccountJob, AccountResult, Mailbox
 from mailmigrator.domain.application import MigrationService
 import testbed
 from mailmigrator.ops.config import load_config
-from mailmigrator.ops.copying import build_copier, copy_plan, target_plan
+from mailmigrator.ops.composition import copy_engine, mail_servers, source_limit
 
 pytestmark = pytest.mark.dovecot
 
@@ -33,10 +33,11 @@ def slow_copy(tmp: Path, old: testbed.DovecotServer, new: testbed.DovecotServer,
     app = MigrationService()
     app.record_password_verified(login, "test")
     app.record_account_created(login, login, [], "existing")
-    copier = build_copier(config, app)
+    servers = mail_servers(config)
+    copier = copy_engine(config, app, servers, source_limit(config))
     copier.settings = replace(copier.settings, lease_seconds=LEASE, checkpoint_interval=1000.0,
                               batch_messages=BATCH, folder_connections=1)
-    return app, copier, AccountJob(login, copy_plan(config, login, login, password), target_plan(config, login))
+    return app, copier, AccountJob(login, servers.copy_plan(servers.source_name(login, login), login, password), servers.target_plan(login))
 
 
 async def test_a_copy_slower_than_half_its_lease_renews_it_before_writing(

@@ -250,7 +250,7 @@ async def test_stopped_run_passes_through_to_old_server_with_poplib(pair: Pair, 
         # `start` from another process is obeyed within a few seconds.
         await trio.to_thread.run_sync(running.app.start_run, "test")
         with trio.fail_after(5):
-            while running.service.run_state() != "started":
+            while running.service.node.run_state.state != "started":
                 await trio.sleep(0.2)
         nursery.cancel_scope.cancel()
 

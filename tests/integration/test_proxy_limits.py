@@ -16,7 +16,8 @@ import structlog.testing
 import trio
 
 from mailmigrator.ops.config import load_config
-from mailmigrator.ops.serve import build_service, proxy_limits
+from mailmigrator.ops.composition import proxy_limits
+from mailmigrator.ops.serve import build_service
 from mailmigrator.ops.wiring import open_store
 from proxy_fixtures import OLD_PASSWORD, Pair, pair, seed_user, with_free_ports, write_config
 

@@ -22,7 +22,7 @@ import trio
 
 from console_fixtures import open_wired, serve_console
 from copy_testbed import message_count, run_cli, secret_file
-from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.imap.connection import close_imap, open_imap
 from mailmigrator.adapters.mail.connection import LoginPlan, LoginRefused, ServerAddress
 import testbed

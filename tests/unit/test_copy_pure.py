@@ -9,7 +9,7 @@ import pytest
 from imapclient import imap_utf7
 
 from mailmigrator.adapters.mail.copier import batches, pipelined_batches, resume_point
-from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.imap.responses import is_transient_response, parse_appenduid, response_code
 from mailmigrator.adapters.mail.message_source import FolderListing, SourceMessage
 from mailmigrator.adapters.pop3.source import unique_by_uidl

@@ -6,7 +6,7 @@ from mailmigrator.adapters.imap.target import ImapTarget
 from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.connection import LoginPlan, MailConnectionError
 from mailmigrator.adapters.mail.copier import AccountJob, CopySettings, MailboxCopier
-from mailmigrator.adapters.mail.credentials import Credentials
+from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.mail.message_source import MessageSource
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.retries import RetryPolicy

@@ -6,7 +6,8 @@ import imaplib
 
 import pytest
 
-from mailmigrator.adapters.mail.credentials import Credentials, UnsendableCredentials, sasl_plain
+from mailmigrator.domain.credentials import Credentials
+from mailmigrator.adapters.mail.credentials import UnsendableCredentials, sasl_plain
 from mailmigrator.adapters.mail.connection import LoginPlan, describe_error, login_failure
 
 PASSWORD = "Grüne-2024"

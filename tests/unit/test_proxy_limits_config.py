@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailmigrator.ops.config import ConfigError, load_config
-from mailmigrator.ops.serve import proxy_limits
+from mailmigrator.ops.composition import proxy_limits
 
 
 def config_file(tmp_path: Path, text: str) -> Path:

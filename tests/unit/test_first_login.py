@@ -1,4 +1,4 @@
-"""Routing one login, with the real in-memory event store and stand-in servers."""
+"""The first-login use case, with the real in-memory event store and stand-in servers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ import pytest
 import trio
 
 from mailmigrator.adapters.proxy.backends import BackendRejected, BackendSession, BackendUnavailable
-from mailmigrator.adapters.mail.credentials import Credentials
-from mailmigrator.adapters.proxy.login_routing import LoginRouter, RoutingSettings, StoreCalls
-from mailmigrator.adapters.proxy.protocol_errors import ServerError, UserError
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.credentials import Credentials
+from mailmigrator.domain.use_cases.first_login import (
+    AuthenticationFailed,
+    FirstLogin,
+    LoginSettings,
+    MigrationInProgress,
+    RunState,
+    ServerUnavailable,
+)
+from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationSettings
+from mailmigrator.domain.use_cases.records import MigrationRecords
 from mailmigrator.projections.accounts import event_name
 
 
@@ -85,12 +93,29 @@ class MemoryProvisioner:
         self.accounts[login] = password
 
 
-def router(servers: Servers, *, run: str = "started", **settings: object) -> tuple[LoginRouter, MigrationService, Workers]:
+class NoMailServers:
+    """The old and new mail servers of a passwords-only migration: nothing is copied, nothing asked."""
+
+    def source_name(self, typed: str, login: str) -> str:
+        return login
+
+
+class NoCopier:
+    async def copy(self, login: str, source_name: str, password: str | None, target_login: str) -> None:
+        raise AssertionError("a passwords-only migration copies nothing")
+
+
+def router(servers: Servers, *, run: str = "started", **settings: object) -> tuple[FirstLogin, MigrationService, Workers]:
     service = MigrationService()
     workers = Workers()
     defaults: dict[str, object] = {"primary_domain": "example.com", "migration_account": "notice@example.com", "login_format": "email"}
     defaults.update(settings)
-    r = LoginRouter(StoreCalls(service), servers, workers, RoutingSettings(**defaults), lambda: run, MemoryProvisioner())  # type: ignore[arg-type]
+    login_settings = LoginSettings(**defaults)  # type: ignore[arg-type]
+    records = MigrationRecords(service)
+    migrate = MigrateAccount(records, NoMailServers(), NoCopier(),  # type: ignore[arg-type]
+                             MigrationSettings(passwords_only=login_settings.passwords_only),
+                             accounts=MemoryProvisioner())
+    r = FirstLogin(records, servers, workers, migrate, login_settings, RunState(run))  # type: ignore[arg-type]
     return r, service, workers
 
 
@@ -110,21 +135,20 @@ async def test_right_password_verifies_starts_one_migration_and_lands_on_notice(
 async def test_wrong_password_of_an_unknown_login_is_only_counted() -> None:
     servers = Servers({"alice@example.com": "pw"})
     r, service, workers = router(servers)
-    with pytest.raises(UserError) as caught:
+    with pytest.raises(AuthenticationFailed):
         await r.route("alice", "nope", "imap", "10.0.0.9", "127.0.0.1")
-    assert caught.value.code == "AUTHENTICATIONFAILED"
     assert not service.has_account("alice@example.com")
     assert r.rejections.unrecorded == 1
-    assert workers.begun == [] and not r.provisioner.accounts  # type: ignore[union-attr]
+    assert workers.begun == [] and not r.migrate.accounts.accounts  # type: ignore[union-attr]
 
 
 async def test_wrong_passwords_of_a_known_account_are_recorded_once_per_interval() -> None:
     servers = Servers({"alice@example.com": "pw"})
     r, service, _ = router(servers, run="stopped")
     await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
-    r.run_state = lambda: "started"
+    r.run_state.state = "started"
     for _ in range(5):
-        with pytest.raises(UserError):
+        with pytest.raises(AuthenticationFailed):
             await r.route("alice", "nope", "imap", "10.0.0.9", "127.0.0.1")
     assert events(service, "alice@example.com") == ["Registered", "LoginSeen", "PasswordRejected"]
     assert r.rejections.unrecorded == 4
@@ -162,9 +186,8 @@ async def test_twenty_parallel_logins_start_exactly_one_migration() -> None:
 async def test_locked_user_without_migration_account_is_refused_after_verification() -> None:
     servers = Servers({"alice@example.com": "pw"})
     r, service, workers = router(servers, migration_account="")
-    with pytest.raises(ServerError) as caught:
+    with pytest.raises(MigrationInProgress):
         await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
-    assert caught.value.code == "UNAVAILABLE" and caught.value.pop3_code == "IN-USE"
     assert workers.begun == ["alice@example.com"]
 
 
@@ -183,9 +206,8 @@ async def test_locked_user_after_restart_is_reverified_and_resumed() -> None:
 async def test_old_server_down_is_temporary_and_records_nothing_wrong() -> None:
     servers = Servers({"alice@example.com": "pw"}, old_down=True)
     r, service, _ = router(servers)
-    with pytest.raises(ServerError) as caught:
+    with pytest.raises(ServerUnavailable):
         await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
-    assert caught.value.code == "UNAVAILABLE"
     assert not service.has_account("alice@example.com")
     servers.old_down = False
     assert (await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")).destination == "notice"
@@ -197,7 +219,7 @@ async def test_passwords_only_sets_password_and_completes() -> None:
     routed = await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
     assert routed.destination == "new"
     assert service.account("alice@example.com").state == "completed"
-    assert r.provisioner.accounts == {"alice@example.com": "pw"}  # type: ignore[union-attr]
+    assert r.migrate.accounts.accounts == {"alice@example.com": "pw"}  # type: ignore[union-attr]
     assert workers.begun == []
 
 
@@ -206,7 +228,7 @@ async def test_completed_user_goes_to_new_server_and_new_server_down_is_temporar
     r, service, _ = router(servers, passwords_only=True)
     await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
     servers.new_down = True
-    with pytest.raises(ServerError):
+    with pytest.raises(ServerUnavailable):
         await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
     assert service.account("alice@example.com").state == "completed"
 
@@ -217,3 +239,23 @@ def test_bare_login_takes_domain_of_local_address() -> None:
     assert r.normalise("bob", "127.0.0.3") == "bob@navi2.com"
     assert r.normalise("bob", "127.0.0.1") == "bob@example.com"
     assert r.normalise("bob@other.org", "127.0.0.2") == "bob@other.org"
+
+
+async def test_the_proxy_answers_each_refusal_with_its_response_code() -> None:
+    from mailmigrator.adapters.proxy.protocol_errors import ServerError, UserError
+    from mailmigrator.adapters.proxy.server import LoginProxy, ProxyLimits
+    from mailmigrator.adapters.proxy.throttle import LoginThrottle
+
+    servers = Servers({"alice@example.com": "pw"})
+    r, _, _ = router(servers, migration_account="")
+    proxy = LoginProxy(r, LoginThrottle(), None, ProxyLimits(failure_delay=0.0), False)
+    with pytest.raises(UserError) as wrong:
+        await proxy.login("alice", "nope", "imap", "10.0.0.9", "127.0.0.1")
+    assert wrong.value.code == "AUTHENTICATIONFAILED" and wrong.value.pop3_code == "AUTH"
+    with pytest.raises(ServerError) as moving:
+        await proxy.login("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
+    assert moving.value.code == "UNAVAILABLE" and moving.value.pop3_code == "IN-USE"
+    servers.old_down = True
+    with pytest.raises(ServerError) as down:
+        await proxy.login("bob", "pw", "imap", "10.0.0.9", "127.0.0.1")
+    assert down.value.code == "UNAVAILABLE" and down.value.pop3_code == "SYS/TEMP"

@@ -1,0 +1,278 @@
+"""Migrate one account: the same steps wherever the migration starts.
+
+The proxy's background queue, `migrate --user`, `migrate --bulk`, the console's
+Manual tab and `finish` all come here: keep the verified password for later
+passes; create the account on the new server with the aliases its mail shows
+(per `access_mode`) and write the alias map; copy every folder (or, with
+`passwords_only`, only set the password); complete; run the post-migrate
+script. A failure is recorded here, on the account, and returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from mailmigrator.domain.aliases import decide_alias, discover_aliases, is_strict_address, mapped_elsewhere
+from mailmigrator.domain.credentials import Credentials
+from mailmigrator.domain.errors import (
+    DomainError,
+    ExplainedError,
+    MailServerError,
+    MigrationRefused,
+    PasswordRefused,
+    failure_text,
+)
+from mailmigrator.domain.logins import domain_part
+from mailmigrator.domain.states import SETTLED_STATES
+from mailmigrator.domain.use_cases.ports import (
+    AliasFile,
+    Copier,
+    CopyResult,
+    CredentialStore,
+    MailServers,
+    NewAccounts,
+    PostMigrateScript,
+    ScriptRun,
+)
+from mailmigrator.domain.use_cases.records import MigrationRecords
+
+log = structlog.get_logger("mailmigrator.migrate")
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    """The parts of `[migration]` and `[source]` one account's migration needs."""
+
+    passwords_only: bool = False
+    access_mode: str = "username"  # username | extended | full
+    use_x_envelope_to: bool = False
+    migrated_domains: frozenset[str] = frozenset()
+    source_protocol: str = "imap"  # imap | pop3 | both
+
+
+@dataclass
+class MigrationOutcome:
+    """How one account's migration ended, in one line for a person."""
+
+    login: str
+    ok: bool
+    message: str
+    result: CopyResult | None = None
+    already_done: bool = False
+    retryable: bool = False
+    post_script: ScriptRun | None = None
+    # Another node holds the account's lease: nothing was done here, nothing is wrong.
+    busy: bool = False
+
+
+@dataclass
+class MigrateAccount:
+    """Migrates accounts whose password is verified, any number at once."""
+
+    records: MigrationRecords
+    servers: MailServers
+    copier: Copier
+    settings: MigrationSettings
+    accounts: NewAccounts | None = None
+    vault: CredentialStore | None = None
+    alias_file: AliasFile | None = None
+    script: PostMigrateScript | None = None
+    _creating: dict[str, trio.Lock] = field(default_factory=dict)
+
+    async def verify(self, typed: str, login: str, password: str, method: str = "manual") -> None:
+        """Check the password against the old server and record the result; `MigrationRefused` when wrong."""
+        try:
+            await trio.to_thread.run_sync(self.servers.check_password, typed, login, password)
+        except PasswordRefused as e:
+            await self.records.password_rejected(login, f"wrong password ({method} migration)")
+            raise MigrationRefused(f"the old server refused the password: {e}") from None
+        except MailServerError as e:
+            raise MigrationRefused(f"cannot reach the old server: {e}") from None
+        await self.records.password_verified(login, method)
+
+    async def with_password(self, typed: str, login: str, password: str, *, aliases: Sequence[str] = (),
+                            method: str = "manual") -> MigrationOutcome:
+        """Verify, then migrate: the Manual tab's single user and each bulk line."""
+        try:
+            await self.verify(typed, login, password, method)
+        except MigrationRefused as e:
+            return MigrationOutcome(login, False, str(e))
+        return await self.run(login, Credentials(self.servers.source_name(typed, login), password), aliases=aliases)
+
+    async def run(self, login: str, credentials: Credentials, *, aliases: Sequence[str] = ()) -> MigrationOutcome:
+        """Migrate one account whose password is verified; `credentials.login` is the old server's name for it.
+
+        An empty password means "use the source admin login" (a resume without a vault).
+        """
+        account = await self.records.account_or_none(login)
+        if account is None:
+            return MigrationOutcome(login, False, "no verified password is recorded for this account")
+        if account.state in SETTLED_STATES:
+            return MigrationOutcome(login, True, "already migrated; nothing to copy", already_done=True)
+        password = credentials.password or None
+        try:
+            if self.vault is not None and password is not None:
+                vault = self.vault
+                await self.records.in_thread(lambda: vault.put(login, password))
+            await self.ensure_created(login, credentials, aliases)
+            outcome = await self.copy(login, credentials)
+        except ExplainedError as e:
+            return await self.failed(login, failure_text(e), retryable_failure(e))
+        except OSError as e:
+            return await self.failed(login, failure_text(e), True)
+        if outcome.ok:
+            outcome.post_script = await self.run_post_script(login, password)
+        return outcome
+
+    async def copy(self, login: str, credentials: Credentials) -> MigrationOutcome:
+        """Copy the mail (nothing with `passwords_only`) and say how it went; the copy engine records progress."""
+        if self.settings.passwords_only:
+            await self.records.passwords_only_completed(login)
+            return MigrationOutcome(login, True, "password set, no mail copied (passwords only)")
+        account = await self.records.account(login)
+        result = await self.copier.copy(login, credentials.login, credentials.password or None,
+                                        account.target_login or login)
+        if result.busy:
+            return MigrationOutcome(login, False, result.error or "another node migrates it", result, busy=True)
+        if not result.ok:
+            failed = await self.records.account(login)
+            return MigrationOutcome(login, False, result.error or "copy failed", result,
+                                    retryable=failed.failed_retryable)
+        skipped = f", {result.skipped} skipped" if result.skipped else ""
+        return MigrationOutcome(login, True, f"migrated {result.folders} folders, {result.messages:,} messages{skipped}",
+                                result)
+
+    async def ensure_created(self, login: str, credentials: Credentials, extra: Sequence[str]) -> None:
+        """Create the account on the new server (or set its password with passwords_only) and record it."""
+        lock = self._creating.setdefault(login, trio.Lock())
+        async with lock:
+            account = await self.records.account(login)
+            if account.created and not self.settings.passwords_only:
+                return
+            await self.provision(login, credentials.password)
+            if not account.created:
+                await self.record_created(login, credentials, extra)
+            if self.accounts is not None and self.accounts.settle_seconds > 0:
+                await self.wait_until_visible(login, self.accounts.settle_seconds)
+        self._creating.pop(login, None)
+
+    async def provision(self, login: str, password: str) -> None:
+        """Give the new account the user's password, creating it when missing; without provisioning it must exist."""
+        accounts = self.accounts
+        if accounts is None:
+            if self.settings.passwords_only:
+                raise MigrationRefused("passwords_only needs [target] provisioning to set the password")
+            await trio.to_thread.run_sync(self.servers.check_target_account, login)
+            return
+        if not password:
+            raise MigrationRefused("creating the account needs the user's password; the user must log in again")
+        if await trio.to_thread.run_sync(accounts.exists, login):
+            await trio.to_thread.run_sync(accounts.set_password, login, password)
+        else:
+            await trio.to_thread.run_sync(accounts.create, login, password)
+
+    async def record_created(self, login: str, credentials: Credentials, extra: Sequence[str]) -> None:
+        candidates = sorted(set(await self.discover_aliases(login, credentials)) | {a.lower() for a in extra})
+        aliases, rejected = await self.apply_aliases(login, candidates)
+        await self.records.account_created(login, aliases, self.accounts.name if self.accounts else "existing",
+                                           rejected)
+        log.info("account created", login=login, aliases=aliases)
+        for conflict in rejected:
+            log.warning("alias not applied", login=login, alias=conflict["address"], reason=conflict["reason"])
+
+    async def apply_aliases(self, login: str, candidates: list[str]) -> tuple[list[str], list[dict[str, str]]]:
+        """Write the aliases `decide_alias` allows into the alias map: (the account's aliases, the refused ones).
+
+        The map file is read again under its lock when written, so a line added meanwhile is refused too.
+        """
+        if not candidates:
+            return [], []
+        alias_file = self.alias_file
+        domains = set(self.settings.migrated_domains) | {domain_part(login)}
+        mapped = await trio.to_thread.run_sync(alias_file.entries) if alias_file is not None else {}
+        accounts = {a for a in candidates if is_strict_address(a) and await self.is_account(a)}
+        decisions = [decide_alias(a, login, migrated_domains=domains, accounts=accounts, alias_map=mapped)
+                     for a in candidates]
+        wanted = [d.address for d in decisions if d.action == "apply"]
+        refused = await trio.to_thread.run_sync(alias_file.add, login, wanted) if alias_file is not None else {}
+        conflicts = [d for d in decisions if d.action == "conflict"] + [mapped_elsewhere(*r) for r in refused.items()]
+        rejected = [{"address": d.address, "reason": d.reason} for d in conflicts]
+        kept = sorted(d.address for d in decisions if d.action != "conflict" and d.address not in refused)
+        return kept, sorted(rejected, key=lambda r: r["address"])
+
+    async def is_account(self, address: str) -> bool:
+        """Whether `address` is an account of its own, here or on the new server."""
+        if await self.records.has_account(address):
+            return True
+        accounts = self.accounts
+        return accounts is not None and await self.records.in_thread(lambda: accounts.exists(address))
+
+    async def discover_aliases(self, login: str, credentials: Credentials) -> list[str]:
+        s = self.settings
+        if s.access_mode == "username":
+            return []
+        if s.source_protocol == "pop3":
+            log.info("alias discovery skipped: a POP3 source has no cheap header fetch", login=login)
+            return []
+        try:
+            blocks = await trio.to_thread.run_sync(self.servers.recipient_headers, credentials.login, login,
+                                                   credentials.password or None)
+        except (MailServerError, PasswordRefused) as e:
+            # Aliases are a convenience: the migration goes on without them.
+            log.warning("alias discovery failed", login=login, error=str(e))
+            return []
+        return discover_aliases(login, blocks, s.access_mode, use_x_envelope_to=s.use_x_envelope_to)
+
+    async def run_post_script(self, login: str, password: str | None) -> ScriptRun | None:
+        """Run the post-migrate script, log its output (password redacted) and record `PostScriptRan`."""
+        if self.script is None:
+            return None
+        if password is None:
+            log.warning("post-migrate script not run: no password is known for this account", login=login)
+            return None
+        outcome = await self.script.run(login, password)
+        fields = {"login": login, "exit_status": outcome.exit_status, "duration_seconds": outcome.duration_seconds,
+                  "timed_out": outcome.timed_out, "stdout": outcome.stdout, "stderr": outcome.stderr}
+        if outcome.exit_status == 0 and not outcome.timed_out:
+            log.info("post-migrate script ran", **fields)
+        else:
+            log.warning("post-migrate script failed", **fields)
+        try:
+            await self.records.post_script_ran(login, outcome.exit_status, outcome.duration_seconds, outcome.timed_out)
+        except DomainError as e:
+            log.warning("post-migrate script result not recorded", login=login, error=str(e))
+        return outcome
+
+    async def wait_until_visible(self, login: str, settle_seconds: float) -> None:
+        """Wait until the new server lets the master user into the new account, at most about twice `settle_seconds`.
+
+        Dovecot notices a changed passwd-file within a second; asking is quicker than always sleeping
+        that second, and the copy logs in right after.
+        """
+        with trio.move_on_after(2 * settle_seconds):
+            while True:
+                try:
+                    await trio.to_thread.run_sync(self.servers.check_target_account, login)
+                    return
+                except (MigrationRefused, MailServerError):
+                    await trio.sleep(0.1)
+
+    async def failed(self, login: str, reason: str, retryable: bool) -> MigrationOutcome:
+        """Record the failure on the account (the one place outside the copy engine) and return it."""
+        try:
+            await self.records.failed(login, reason, retryable)
+        except DomainError as e:
+            log.warning("failure not recorded", login=login, error=str(e))
+        log.warning("migration failed", login=login, error=reason, retryable=retryable)
+        return MigrationOutcome(login, False, reason, retryable=retryable)
+
+
+def retryable_failure(error: ExplainedError) -> bool:
+    """A provisioning hiccup (a `DomainError`) or a transient server failure may pass; a refusal will not."""
+    if isinstance(error, MailServerError):
+        return error.retryable
+    return isinstance(error, DomainError)
