@@ -1,4 +1,4 @@
-"""The `mailmigrator` command line (contract: shared/spec/cli.md).
+"""The `mailmigrator` command line.
 
 Exit status: 0 success; 1 the operation failed or found a difference;
 2 bad usage or bad configuration (one line on stderr naming what is wrong).
@@ -22,7 +22,7 @@ from mailmigrator.adapters.store.event_store import StoreError, StoreSettingErro
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
-from mailmigrator.ops.wiring import Wired, open_store
+from mailmigrator.ops.composition import OpenStore, open_store
 from mailmigrator.projections.accounts import AccountDoc, event_row, fleet_progress, new_run_doc
 from mailmigrator.projections.log import human_bytes
 
@@ -134,7 +134,7 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _open(config: Config, *, create: bool = False) -> Wired | None:
+def _open(config: Config, *, create: bool = False) -> OpenStore | None:
     wired = open_store(config, create=create)
     if wired is not None:
         wired.views.catch_up()
@@ -281,7 +281,7 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _press(config: Config, action: Callable[[Wired], bool], done: str, already: str) -> int:
+def _press(config: Config, action: Callable[[OpenStore], bool], done: str, already: str) -> int:
     wired = _open(config, create=True)
     assert wired is not None
     try:

@@ -1,15 +1,20 @@
 """The composition root: configuration in, each per-process object built once, use cases wired to adapters.
 
-`build_node` is what `serve` runs; `build_migration` is what `migrate`,
-the console's Manual tab and `finish` use. Every copy in one process goes
-through one copy engine and one adaptive limit per old server, so
+`open_store` opens the event store and its views; `build_node` is what
+`serve` runs; `build_migration` is what `migrate`, the console's Manual tab
+and `finish` use. Every copy a `serve` node makes (background, manual, finish
+sweep) runs under the node's one adaptive limit on the old server, so
 `connections_per_source_host` holds for the node.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime
+
+from eventsourcing.persistence import PersistenceError
 
 from mailmigrator.adapters.accounts.alias_map import AliasMap
 from mailmigrator.adapters.accounts.provisioning import PasswdFileProvisioner, PostgresUsersProvisioner, Provisioner
@@ -22,6 +27,8 @@ from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
 from mailmigrator.adapters.proxy.server import LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript
+from mailmigrator.adapters.store.event_store import StoreError, check_store, parse_store_url, read_key_file, store_environment
+from mailmigrator.adapters.store.sql_tables import is_creation_race
 from mailmigrator.adapters.store.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.credentials import Credentials
@@ -302,3 +309,53 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
     proxy = LoginProxy(first_login, throttle or LoginThrottle(), context, limits or proxy_limits(config),
                        p.require_tls_for_login)
     return Node(config, app, records, views, migration, queue, first_login, takeover, proxy, run_state)
+
+
+CREATE_RACE_RETRIES = 5
+
+
+@dataclass
+class OpenStore:
+    """The application service and the read models over one store."""
+
+    app: MigrationService
+    views: MigrationViews
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def open_store(config: Config, *, create: bool) -> OpenStore | None:
+    """Open the event store named by the config.
+
+    Without `create`, an SQLite file that does not exist yet gives None
+    (nothing is recorded) and nothing is written.
+    """
+    location = parse_store_url(config.store.url, config.base_dir)
+    exists = check_store(location, must_exist=False, lock_timeout=config.store.lock_timeout)
+    if not exists and not create:
+        return None
+    key = read_key_file(config.store.encryption_key_file) if config.store.encryption_key_file else None
+    env = store_environment(location, key, config.store.lock_timeout)
+    for attempt in range(1, CREATE_RACE_RETRIES + 1):
+        app: MigrationService | None = None
+        try:
+            app = MigrationService(env=env)
+            views = MigrationViews(app, log_file=config.migration.log_file)
+        except PersistenceError as e:
+            if app is not None:
+                app.close()
+            # Nodes starting together on an empty PostgreSQL database race to create the
+            # same tables; CREATE ... IF NOT EXISTS is not atomic there. The loser retries.
+            if attempt < CREATE_RACE_RETRIES and is_creation_race(e):
+                time.sleep(random.uniform(0.1, 0.5))
+                continue
+            raise StoreError(f"cannot open {location.describe()}: {_first_line(e)}") from None
+        return OpenStore(app=app, views=views)
+    raise AssertionError("unreachable")
+
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

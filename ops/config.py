@@ -1,6 +1,6 @@
 """The configuration file: strict TOML, every key typed, relative paths resolved.
 
-Keys and meanings follow the contract in shared/spec/config.example.toml; the
+Keys and meanings are those of `ops/mailmigrator.example.toml` and the README; the
 models below are the schema (one per TOML section) and hold every default.
 An unknown key, a wrong type or a bad value is a `ConfigError` whose message
 is one line naming the key and what to do.

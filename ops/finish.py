@@ -21,7 +21,7 @@ from mailmigrator.domain.use_cases.finish_sweep import FinishReport
 from mailmigrator.ops.composition import Migration, build_finish, build_migration, require_source
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.manual_migration import show_progress
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from mailmigrator.projections.follower import MigrationViews
 from mailmigrator.projections.log import human_bytes
 

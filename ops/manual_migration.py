@@ -24,7 +24,7 @@ from mailmigrator.adapters.mail.copier import CopyProgress
 from mailmigrator.domain.use_cases.bulk import MigrateMany
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
 from mailmigrator.ops.composition import build_migration
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from mailmigrator.projections.log import human_bytes
 
 EXIT_OK, EXIT_FAILED = 0, 1

@@ -28,7 +28,7 @@ from mailmigrator.ops.composition import Node, build_node, mail_servers, target_
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.finish import FinishReport, finish_migration
 from mailmigrator.ops.preflight import check_before_listening
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from mailmigrator.projections.follower import MigrationViews
 
 log = structlog.get_logger("mailmigrator.serve")

@@ -164,46 +164,9 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
     elif isinstance(event, Account.AliasesRejected):
         doc["alias_conflicts"] = doc.get("alias_conflicts", []) + [dict(a) for a in event.aliases]
     elif isinstance(event, Account.MigrationStarted):
-        doc["state"] = "copying"
-        doc["started_at"] = doc["started_at"] or at
-        doc["attempts"] = event.attempt
-        doc["planned_messages"] = event.total_messages
-        doc["planned_bytes"] = event.total_bytes
-        doc["error"] = None
-        doc["retryable"] = None
-        doc["node"] = event.node
-        doc["lease_renewed_at"] = at
-        for planned in event.folders:
-            doc["folders"].setdefault(
-                planned["source"],
-                {
-                    "target": planned.get("target", planned["source"]),
-                    "messages": 0,
-                    "bytes": 0,
-                    "skipped": 0,
-                    "planned_messages": planned.get("messages", 0),
-                    "done": False,
-                    "uidvalidity": None,
-                    "highest_uid": 0,
-                },
-            )
+        _copy_started(doc, event, at)
     elif isinstance(event, Account.FolderCopied):
-        folder = doc["folders"].setdefault(
-            event.source_folder,
-            {"target": event.target_folder, "messages": 0, "bytes": 0, "skipped": 0,
-             "planned_messages": 0, "done": False, "uidvalidity": None, "highest_uid": 0},
-        )
-        folder["target"] = event.target_folder
-        folder["uidvalidity"] = event.uidvalidity
-        folder["highest_uid"] = event.highest_uid
-        folder["messages"] += event.messages
-        folder["bytes"] += event.bytes
-        folder["skipped"] += len(event.skipped)
-        folder["done"] = event.done
-        doc["messages"] += event.messages
-        doc["bytes"] += event.bytes
-        doc["skipped"] += len(event.skipped)
-        doc["lease_renewed_at"] = at
+        _folder_copied(doc, event, at)
     elif isinstance(event, Account.MigrationCompleted):
         doc["state"] = "completed"
         doc["completed_at"] = at
@@ -230,6 +193,41 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
     elif isinstance(event, Account.CredentialDestroyed):
         doc["credential_destroyed_at"] = at
     doc["locked"] = doc["state"] in LOCKED_STATES
+
+
+def _new_folder(target: str, planned_messages: int) -> FolderDoc:
+    return {"target": target, "messages": 0, "bytes": 0, "skipped": 0, "planned_messages": planned_messages,
+            "done": False, "uidvalidity": None, "highest_uid": 0}
+
+
+def _copy_started(doc: AccountDoc, event: Account.MigrationStarted, at: str) -> None:
+    doc["state"] = "copying"
+    doc["started_at"] = doc["started_at"] or at
+    doc["attempts"] = event.attempt
+    doc["planned_messages"] = event.total_messages
+    doc["planned_bytes"] = event.total_bytes
+    doc["error"] = None
+    doc["retryable"] = None
+    doc["node"] = event.node
+    doc["lease_renewed_at"] = at
+    for planned in event.folders:
+        doc["folders"].setdefault(
+            planned["source"], _new_folder(planned.get("target", planned["source"]), planned.get("messages", 0)))
+
+
+def _folder_copied(doc: AccountDoc, event: Account.FolderCopied, at: str) -> None:
+    folder = doc["folders"].setdefault(event.source_folder, _new_folder(event.target_folder, 0))
+    folder["target"] = event.target_folder
+    folder["uidvalidity"] = event.uidvalidity
+    folder["highest_uid"] = event.highest_uid
+    folder["messages"] += event.messages
+    folder["bytes"] += event.bytes
+    folder["skipped"] += len(event.skipped)
+    folder["done"] = event.done
+    doc["messages"] += event.messages
+    doc["bytes"] += event.bytes
+    doc["skipped"] += len(event.skipped)
+    doc["lease_renewed_at"] = at
 
 
 def apply_to_run(doc: RunDoc, event: Aggregate.Event) -> None:

@@ -51,26 +51,9 @@ def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
             f"{human_bytes(event.total_bytes)}"
         )
     elif isinstance(event, Account.FolderCopied):
-        what = "copied" if event.done else "checkpoint"
-        line = f'folder "{event.source_folder}" {what}: {event.messages:,} messages, {human_bytes(event.bytes)}'
-        if event.target_folder != event.source_folder:
-            line += f' (as "{event.target_folder}")'
-        text.append(line)
-        for skipped in event.skipped:
-            text.append(
-                f'message UID {skipped.get("uid")} in "{event.source_folder}" NOT copied: '
-                f'{skipped.get("reason")}'
-            )
+        text += _folder_lines(event)
     elif isinstance(event, Account.MigrationCompleted):
-        if event.passwords_only:
-            text.append("migration completed: password set, no mail copied (passwords only)")
-        else:
-            rate = event.bytes / event.duration_seconds if event.duration_seconds > 0 else 0.0
-            text.append(
-                f"migration completed: {event.folders} folders, {event.messages:,} messages, "
-                f"{human_bytes(event.bytes)} in {event.duration_seconds:,.1f} s "
-                f"({human_bytes(int(rate))}/s)"
-            )
+        text.append(_completed_line(event))
     elif isinstance(event, Account.MigrationFailed):
         then = (
             "it will be retried automatically"
@@ -79,23 +62,46 @@ def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
         )
         text.append(f"migration FAILED: {event.reason}; {then}")
     elif isinstance(event, Account.PostScriptRan):
-        if event.timed_out:
-            text.append(f"post-migrate script timed out after {event.duration_seconds:.1f} s")
-        elif event.exit_status != 0:
-            text.append(f"post-migrate script FAILED with exit status {event.exit_status}")
-        else:
-            text.append(f"post-migrate script ran ({event.duration_seconds:.1f} s)")
+        text.append(_script_line(event))
     elif isinstance(event, Account.FinishSwept):
-        if event.messages:
-            per = ", ".join(f'"{k}" {v:,}' for k, v in sorted(event.folders.items()) if v)
-            text.append(f"finish sweep copied {event.messages:,} late messages ({per})")
-        else:
-            text.append("finish sweep: no new mail on the old server")
+        text.append(_sweep_line(event))
     elif isinstance(event, Account.CredentialDestroyed):
         text.append(f"stored password destroyed ({event.reason})")
     else:
         text.append(event_name(event))
     return [f"{stamp(event.timestamp)} {who}  {t}" for t in text]
+
+
+def _folder_lines(event: Account.FolderCopied) -> list[str]:
+    what = "copied" if event.done else "checkpoint"
+    line = f'folder "{event.source_folder}" {what}: {event.messages:,} messages, {human_bytes(event.bytes)}'
+    if event.target_folder != event.source_folder:
+        line += f' (as "{event.target_folder}")'
+    return [line] + [f'message UID {skipped.get("uid")} in "{event.source_folder}" NOT copied: '
+                     f'{skipped.get("reason")}' for skipped in event.skipped]
+
+
+def _completed_line(event: Account.MigrationCompleted) -> str:
+    if event.passwords_only:
+        return "migration completed: password set, no mail copied (passwords only)"
+    rate = event.bytes / event.duration_seconds if event.duration_seconds > 0 else 0.0
+    return (f"migration completed: {event.folders} folders, {event.messages:,} messages, "
+            f"{human_bytes(event.bytes)} in {event.duration_seconds:,.1f} s ({human_bytes(int(rate))}/s)")
+
+
+def _script_line(event: Account.PostScriptRan) -> str:
+    if event.timed_out:
+        return f"post-migrate script timed out after {event.duration_seconds:.1f} s"
+    if event.exit_status != 0:
+        return f"post-migrate script FAILED with exit status {event.exit_status}"
+    return f"post-migrate script ran ({event.duration_seconds:.1f} s)"
+
+
+def _sweep_line(event: Account.FinishSwept) -> str:
+    if not event.messages:
+        return "finish sweep: no new mail on the old server"
+    per = ", ".join(f'"{k}" {v:,}' for k, v in sorted(event.folders.items()) if v)
+    return f"finish sweep copied {event.messages:,} late messages ({per})"
 
 
 def run_lines(event: Aggregate.Event) -> list[str]:

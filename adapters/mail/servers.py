@@ -131,6 +131,8 @@ class MailServers:
                 old = self.open_source(self.copy_plan(self.source_name(typed, login), login, password))
                 new = ImapSource(self.require_target().address, self.target_plan(target_login))
                 return MailboxComparison(old, new, exclude_folders).differences()
+        except PasswordRefused as e:
+            raise MigrationRefused(str(e)) from None
         except MailServerError as e:
             raise MigrationRefused(f"{e}{' (try again)' if e.retryable else ''}") from None
         finally:

@@ -116,17 +116,18 @@ class FinishSweep:
 
     async def complete_pending(self, pending: list[str]) -> None:
         self.report.pending = len(pending)
-        slots = trio.Semaphore(self.concurrency)
-        async with trio.open_nursery() as work:
-            for login in pending:
-                work.start_soon(self.complete, login, slots)
+        await self.each(pending, self.complete)
 
     async def sweep_all(self, settled: list[str]) -> None:
         self.report.to_sweep = len(settled)
+        await self.each(settled, self.sweep)
+
+    async def each(self, logins: list[str], work: Callable[[str, trio.Semaphore], Awaitable[None]]) -> None:
+        """Run `work` for every login, `concurrency` at a time."""
         slots = trio.Semaphore(self.concurrency)
-        async with trio.open_nursery() as work:
-            for login in settled:
-                work.start_soon(self.sweep, login, slots)
+        async with trio.open_nursery() as nursery:
+            for login in logins:
+                nursery.start_soon(work, login, slots)
 
     async def complete(self, login: str, slots: trio.Semaphore) -> None:
         """Migrate an account that never completed, with its stored password (or the admin login)."""

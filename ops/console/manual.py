@@ -24,7 +24,7 @@ from mailmigrator.domain.errors import DomainError
 from mailmigrator.ops.bulk import BulkEntry, BulkProblem
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.composition import Migration, build_migration
-from mailmigrator.ops.wiring import Wired
+from mailmigrator.ops.composition import OpenStore
 
 log = structlog.get_logger("mailmigrator.console")
 
@@ -85,7 +85,7 @@ class QueueFull(Exception):
 class ManualMigrations:
     """Queued manual migrations, run one job at a time by `run` inside the console's nursery."""
 
-    def __init__(self, config: Config, wired: Wired, source_limit: AdaptiveLimit | None = None) -> None:
+    def __init__(self, config: Config, wired: OpenStore, source_limit: AdaptiveLimit | None = None) -> None:
         self.config = config
         self.wired = wired
         self.source_limit = source_limit

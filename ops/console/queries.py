@@ -15,7 +15,7 @@ from typing import Any
 
 from mailmigrator.domain.states import ACCOUNT_STATES, SETTLED_STATES
 from mailmigrator.ops.config import Config
-from mailmigrator.ops.wiring import Wired
+from mailmigrator.ops.composition import OpenStore
 from mailmigrator.projections.accounts import AccountDoc, EventRow, RunDoc, event_row
 
 RATE_WINDOW_SECONDS = 300.0
@@ -93,9 +93,9 @@ def _whole_number(params: dict[str, str], name: str, default: int, *, minimum: i
 
 
 class ConsoleQueries:
-    """The console's read side over one `Wired` store."""
+    """The console's read side over one `OpenStore` store."""
 
-    def __init__(self, config: Config, wired: Wired, rate: RateMeter | None = None) -> None:
+    def __init__(self, config: Config, wired: OpenStore, rate: RateMeter | None = None) -> None:
         self.config = config
         self.wired = wired
         self.rate = rate or RateMeter()

@@ -44,7 +44,7 @@ from mailmigrator.ops.console.auth import (
 from mailmigrator.ops.console.manual import ManualMigrations, QueueFull, single_entry
 from mailmigrator.ops.console.metrics import CONTENT_TYPE, render_metrics
 from mailmigrator.ops.console.queries import AccountQuery, BadQuery, ConsoleQueries
-from mailmigrator.ops.wiring import Wired
+from mailmigrator.ops.composition import OpenStore
 
 log = structlog.get_logger("mailmigrator.console")
 
@@ -124,7 +124,7 @@ Handler = Callable[[Console, Request], Awaitable[Response]]
 
 
 def build_console(
-    config: Config, wired: Wired, admin_password: AdminPassword, *,
+    config: Config, wired: OpenStore, admin_password: AdminPassword, *,
     manual: ManualMigrations | None = None, sessions: Sessions | None = None,
     throttle: AdminThrottle | None = None, secure_cookies: bool = False,
     rejections: RejectionCounts | None = None,
@@ -406,7 +406,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 
 async def run_console(
-    config: Config, wired: Wired, *, rejections: RejectionCounts | None = None,
+    config: Config, wired: OpenStore, *, rejections: RejectionCounts | None = None,
     source_limit: AdaptiveLimit | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:

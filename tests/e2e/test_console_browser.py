@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from browser import browser  # noqa: E402,F401  (fixture)
 from console_fixtures import ADMIN_PASSWORD, RunningConsole, console_config, open_wired, serve_console  # noqa: E402
 
-from mailmigrator.ops.wiring import Wired  # noqa: E402
+from mailmigrator.ops.composition import OpenStore  # noqa: E402
 
 SCREENSHOT = Path(os.environ.get("CONSOLE_SCREENSHOT", "")) if os.environ.get("CONSOLE_SCREENSHOT") else None
 
@@ -28,7 +28,7 @@ class ConsoleThread:
 
     def __init__(self, tmp_path: Path) -> None:
         self.config = console_config(tmp_path)
-        self.wired: Wired = open_wired(self.config)
+        self.wired: OpenStore = open_wired(self.config)
         self._ready: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 

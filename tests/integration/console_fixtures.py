@@ -18,7 +18,7 @@ from mailmigrator.ops.config import Config, load_config
 from mailmigrator.ops.console.auth import AdminPassword, hash_admin_password
 from mailmigrator.ops.console.manual import ManualMigrations
 from mailmigrator.ops.console.server import Console, build_console
-from mailmigrator.ops.wiring import Wired, open_store
+from mailmigrator.ops.composition import OpenStore, open_store
 
 ADMIN_PASSWORD = "console-admin-Ä9!"
 
@@ -27,7 +27,7 @@ ADMIN_PASSWORD = "console-admin-Ä9!"
 class RunningConsole:
     url: str
     console: Console
-    wired: Wired
+    wired: OpenStore
     config: Config
 
     def client(self, source: str | None = None) -> httpx.AsyncClient:
@@ -68,7 +68,7 @@ def console_config(tmp_path: Path, extra: str = "") -> Config:
 
 @asynccontextmanager
 async def serve_console(
-    config: Config, wired: Wired, *, manual: ManualMigrations | None = None,
+    config: Config, wired: OpenStore, *, manual: ManualMigrations | None = None,
 ) -> AsyncIterator[RunningConsole]:
     """Serve the console until the `async with` block ends."""
     app, console = build_console(config, wired, AdminPassword(hash_admin_password(ADMIN_PASSWORD)), manual=manual)
@@ -83,7 +83,7 @@ async def serve_console(
         nursery.cancel_scope.cancel()
 
 
-def open_wired(config: Config) -> Wired:
+def open_wired(config: Config) -> OpenStore:
     wired = open_store(config, create=True)
     assert wired is not None
     return wired

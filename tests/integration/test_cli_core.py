@@ -13,7 +13,7 @@ import pytest
 
 from mailmigrator.ops.cli import main
 from mailmigrator.ops.config import load_config
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 
 
 def config_file(tmp_path: Path, body: str = "") -> Path:

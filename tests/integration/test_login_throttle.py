@@ -22,7 +22,7 @@ from mailmigrator.adapters.proxy.server import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from fault_relay import FaultRelay
 from proxy_fixtures import OLD_PASSWORD, Pair, pair, seed_user, with_free_ports, write_config
 

@@ -17,7 +17,7 @@ from mailmigrator.adapters.proxy.server import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from testbed import make_message, seed_bulk
 from copy_testbed import message_count
 from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, with_free_ports, write_config

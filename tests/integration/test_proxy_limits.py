@@ -18,7 +18,7 @@ import trio
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.composition import proxy_limits
 from mailmigrator.ops.serve import build_service
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 from proxy_fixtures import OLD_PASSWORD, Pair, pair, seed_user, with_free_ports, write_config
 
 pytestmark = pytest.mark.dovecot

@@ -16,7 +16,7 @@ from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import load_config
 from sample_history import record_sample_accounts
-from mailmigrator.ops.wiring import Wired, open_store
+from mailmigrator.ops.composition import OpenStore, open_store
 from mailmigrator.projections.viewstore import ViewBatch, ViewStore
 
 
@@ -30,14 +30,14 @@ def write_config(tmp_path: Path, store_url: str, extra: str = "") -> Path:
     return path
 
 
-def open_wired(tmp_path: Path, store_url: str, extra: str = "") -> Wired:
+def open_wired(tmp_path: Path, store_url: str, extra: str = "") -> OpenStore:
     config = load_config(write_config(tmp_path, store_url, extra))
     wired = open_store(config, create=True)
     assert wired is not None
     return wired
 
 
-def views_state(wired: Wired) -> dict[str, Any]:
+def views_state(wired: OpenStore) -> dict[str, Any]:
     views = wired.views
     return {
         "run": views.run_status(),
@@ -127,7 +127,7 @@ def test_parallel_commands_on_one_account_all_land_in_order(tmp_path: Path, stor
     apps[0].app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
     firsts: list[bool] = []
 
-    def log_in(wired: Wired) -> None:
+    def log_in(wired: OpenStore) -> None:
         for _ in range(5):
             wired.app.record_login(login, "imap", "127.0.0.3", "127.0.0.1")
         firsts.append(wired.app.record_password_verified(login, "imap-login"))
@@ -224,7 +224,7 @@ def test_two_followers_racing_apply_each_event_once(tmp_path: Path, store_url: s
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def follow(w: Wired) -> None:
+    def follow(w: OpenStore) -> None:
         try:
             while not stop.is_set():
                 w.views.catch_up(batch_size=5)

@@ -18,7 +18,7 @@ from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import build_service
 from testbed import make_message, seed_bulk
-from mailmigrator.ops.wiring import open_store
+from mailmigrator.ops.composition import open_store
 
 pytestmark = pytest.mark.dovecot
 
