@@ -20,7 +20,7 @@ from mailmigrator.domain.credentials import Credentials
 from mailmigrator.adapters.mail.credentials import UnsendableCredentials, credential_bytes, sasl_plain
 from mailmigrator.adapters.proxy.imap_protocol import quote
 from mailmigrator.domain.errors import ExplainedError
-from mailmigrator.domain.use_cases.first_login import BackendDown, BackendRefused
+from mailmigrator.domain.use_cases.ports import BackendDown, BackendRefused
 
 CONNECT_TIMEOUT = 10.0
 RESPONSE_TIMEOUT = 30.0

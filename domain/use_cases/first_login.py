@@ -31,7 +31,7 @@ from mailmigrator.domain.routing import (
 from mailmigrator.domain.states import SETTLED_STATES
 from mailmigrator.domain.use_cases.background import MigrationQueue
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount
-from mailmigrator.domain.use_cases.ports import Backends, CredentialStore, Session
+from mailmigrator.domain.use_cases.ports import BackendDown, BackendRefused, Backends, CredentialStore, Session
 from mailmigrator.domain.use_cases.records import MigrationRecords
 
 log = structlog.get_logger("mailmigrator.routing")
@@ -57,14 +57,6 @@ class MigrationInProgress(ExplainedError):
 
     def __init__(self) -> None:
         super().__init__("Migration in progress, try again later")
-
-
-class BackendRefused(Exception):
-    """Raised by a `Backends` port: the server refused the credentials."""
-
-
-class BackendDown(Exception):
-    """Raised by a `Backends` port: the server cannot be reached or said "not now"."""
 
 
 @dataclass

@@ -13,6 +13,14 @@ from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.routing import MailProtocol
 
 
+class BackendRefused(Exception):
+    """Raised by a `Backends` port: the server refused the credentials."""
+
+
+class BackendDown(Exception):
+    """Raised by a `Backends` port: the server cannot be reached or said "not now"."""
+
+
 class Session(Protocol):
     """A logged-in backend connection the proxy relays to (`adapters.proxy.backends.BackendSession`)."""
 
