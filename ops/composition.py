@@ -20,7 +20,7 @@ from mailmigrator.adapters.accounts.alias_map import AliasMap
 from mailmigrator.adapters.accounts.provisioning import PasswdFileProvisioner, PostgresUsersProvisioner, Provisioner
 from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.connection import ServerAddress, tls_context, warn_unverified
-from mailmigrator.adapters.mail.copier import CopyProgress, CopySettings, MailboxCopier
+from mailmigrator.adapters.mail.copier import CopyProgress, CopyRecorder, CopySettings, MailboxCopier
 from mailmigrator.adapters.mail.servers import AccountCopier, MailServers, SourceAccess, TargetAccess
 from mailmigrator.adapters.mail.sweep import AccountSweeper, SweepRecorder
 from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
@@ -132,7 +132,7 @@ def source_limit(config: Config) -> AdaptiveLimit:
                          adaptive=m.adaptive_connections)
 
 
-def copy_engine(config: Config, recorder: MigrationService, servers: MailServers, limit: AdaptiveLimit,
+def copy_engine(config: Config, recorder: CopyRecorder, servers: MailServers, limit: AdaptiveLimit,
                 progress: CopyProgress | None = None) -> MailboxCopier:
     """A copy engine over `servers`, recording through `recorder`, under the node's `limit`."""
     m = config.migration
@@ -225,7 +225,7 @@ def build_finish(config: Config, app: MigrationService, views: MigrationViews, m
     """The finish sweep over `migration`'s servers, its sweeping engine under the same source limit."""
     recorder = SweepRecorder(app)
     limit = migration.limit or source_limit(config)
-    engine = copy_engine(config, recorder, migration.servers, limit, CopyProgress())  # type: ignore[arg-type]
+    engine = copy_engine(config, recorder, migration.servers, limit, CopyProgress())
     sweeper = AccountSweeper(AccountCopier(migration.servers, engine), recorder)
     return FinishSweep(migration.migrate.records, migration.servers, migration.migrate, sweeper,
                        AccountViews(views), migration.vault, config.migration.concurrency)

@@ -33,7 +33,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, Unpack
 
 import structlog
 import trio
@@ -49,12 +49,11 @@ from mailmigrator.adapters.mail.message_source import (
     SourceMessage,
 )
 from mailmigrator.adapters.retries import retrying
-from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountBusy, ExplainedError, LeaseLost
 from mailmigrator.domain.fingerprint import Fingerprint, fingerprint
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders
-from mailmigrator.domain.model import PlannedFolderFields
+from mailmigrator.domain.model import AccountMigration, PlannedFolderFields
 from mailmigrator.domain.retries import CONNECTION_RETRIES, RetryPolicy
 
 log = structlog.get_logger("mailmigrator.copier")
@@ -280,12 +279,28 @@ def _first_cause(error: BaseException) -> BaseException:
 _SETTLED = (AccountCopyFailed, LeaseLost, AccountBusy)
 
 
+class CopyRecorder(Protocol):
+    """Where the engine records a copy: the event store (`MigrationService`), or the finish sweep's `SweepRecorder`."""
+
+    def account(self, login: str) -> AccountMigration: ...
+
+    def record_migration_started(self, login: str, folders: list[PlannedFolderFields], total_messages: int,
+                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float) -> int: ...
+
+    def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None: ...
+
+    def record_completed(self, login: str, messages: int, bytes: int, folders: int, duration_seconds: float,
+                         passwords_only: bool, *, node: str | None) -> None: ...
+
+    def record_failed(self, login: str, reason: str, retryable: bool, *, node: str | None) -> None: ...
+
+
 class MailboxCopier:
-    """Copies accounts with bounded parallelism, recording progress through `MigrationService`."""
+    """Copies accounts with bounded parallelism, recording progress through a `CopyRecorder`."""
 
     def __init__(
         self,
-        service: MigrationService,
+        service: CopyRecorder,
         open_source: SourceFactory,
         open_target: TargetFactory,
         source_limit: AdaptiveLimit,

@@ -10,13 +10,14 @@ so its checkpoints are gathered here and become one `FinishSwept`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Unpack
+from datetime import datetime
+from typing import Unpack
 
 from mailmigrator.adapters.mail.copier import MailboxCopier
 from mailmigrator.adapters.mail.servers import AccountCopier
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, FolderCopiedFields, advance
-from mailmigrator.domain.model import AccountMigration
+from mailmigrator.domain.model import AccountMigration, PlannedFolderFields
 
 
 class SweepRecorder:
@@ -30,7 +31,8 @@ class SweepRecorder:
     def account(self, login: str) -> AccountMigration:
         return self.app.account(login)
 
-    def record_migration_started(self, login: str, *args: Any, **kwargs: Any) -> int:
+    def record_migration_started(self, login: str, folders: list[PlannedFolderFields], total_messages: int,
+                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float) -> int:
         self.checkpoints[login] = {}
         self.failures.pop(login, None)
         return 0
@@ -38,10 +40,11 @@ class SweepRecorder:
     def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None:
         advance(self.checkpoints.setdefault(login, {}), copied["source_folder"], FolderCheckpoint.of_copied(copied))
 
-    def record_completed(self, login: str, *args: Any, **kwargs: Any) -> None:
-        pass
+    def record_completed(self, login: str, messages: int, bytes: int, folders: int, duration_seconds: float,
+                         passwords_only: bool, *, node: str | None) -> None:
+        """The account stays completed: its sweep is recorded as one `FinishSwept` by the finish sweep."""
 
-    def record_failed(self, login: str, reason: str, retryable: bool, **_fencing: Any) -> None:
+    def record_failed(self, login: str, reason: str, retryable: bool, *, node: str | None) -> None:
         self.failures[login] = reason
 
 
