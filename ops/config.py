@@ -34,6 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from mailmigrator.adapters.scripts.post_migrate import PasswordHandover
 from mailmigrator.domain.errors import ExplainedError
+from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS
 
 
 class ConfigError(ExplainedError):
@@ -278,7 +279,8 @@ class MigrationConfig(_Section):
     domains: Domains = Field(default_factory=dict)
     # Several nodes on one store: who this node is, and how long its claim on an account lasts unrenewed.
     node_name: Stripped = Field(default="", description='default "hostname/first proxy listener"')
-    lease_seconds: float = Field(default=120.0, ge=5, description="seconds a node's claim on an account lasts")
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, ge=5,
+                                 description="seconds a node's claim on an account lasts")
 
 
 class AdminConfig(_Section):
