@@ -39,7 +39,7 @@ from mailmigrator.domain.use_cases.finish_sweep import FinishSweep
 from mailmigrator.domain.use_cases.first_login import FirstLogin, LoginSettings, RunState
 from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationSettings
-from mailmigrator.domain.use_cases.ports import Copier, CopyResult
+from mailmigrator.domain.use_cases.ports import Copier, CopyResult, Progress
 from mailmigrator.domain.use_cases.records import MigrationRecords
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 from mailmigrator.projections.accounts import expired_leases
@@ -160,7 +160,8 @@ class UnconfiguredCopier:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    async def copy(self, login: str, source_name: str, password: str | None, target_login: str) -> CopyResult:
+    async def copy(self, login: str, source_name: str, password: str | None, target_login: str,
+                   progress: Progress | None = None) -> CopyResult:
         raise MigrationRefused(self.reason)
 
 

@@ -173,7 +173,7 @@ async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], No
 
                 await nursery.start(functools.partial(run_console, config, wired,
                                                       rejections=service.node.first_login.rejections,
-                                                      source_limit=service.node.migration.limit))
+                                                      migration=service.node.migration))
     finally:
         wired.close()
     log.info("stopped")

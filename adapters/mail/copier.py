@@ -99,6 +99,8 @@ class AccountJob:
     login: str
     source: LoginPlan
     target: LoginPlan
+    # Counters of the batch this job belongs to (a console job); the engine's own counters see it too.
+    progress: CopyProgress | None = None
 
 
 @dataclass
@@ -126,11 +128,16 @@ class CopyProgress:
     accounts_done: int = 0
     accounts_failed: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Counters that include these (the engine's, for a batch's own): every count goes there too.
+    parent: CopyProgress | None = field(default=None, repr=False, compare=False)
 
-    def reset(self) -> None:
-        """Start counting again from zero (a new batch of accounts)."""
-        for name, value in vars(CopyProgress()).items():
-            setattr(self, name, value)
+    def count(self, **deltas: int) -> None:
+        """Add to the named counters, here and in every parent."""
+        progress: CopyProgress | None = self
+        while progress is not None:
+            for name, delta in deltas.items():
+                setattr(progress, name, getattr(progress, name) + delta)
+            progress = progress.parent
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -336,6 +343,14 @@ class MailboxCopier:
                 nursery.start_soon(one, job)
         return results
 
+    def progress_of(self, job: AccountJob) -> CopyProgress:
+        """The counters `job` moves: its batch's (which count into the engine's), else the engine's."""
+        if job.progress is None or job.progress is self.progress:
+            return self.progress
+        if job.progress.parent is None:
+            job.progress.parent = self.progress
+        return job.progress
+
     async def copy_account(self, job: AccountJob) -> AccountResult:
         """Plan, record the start, copy every folder, and record completion or failure."""
         try:
@@ -369,8 +384,7 @@ class MailboxCopier:
         for f in folder_plan.folders:
             cp = checkpoints.get(f.source)
             if cp is not None:
-                self.progress.messages += cp.messages
-                self.progress.bytes += cp.bytes
+                self.progress_of(job).count(messages=cp.messages, bytes=cp.bytes)
         return checkpoints, folder_plan, counts
 
     async def _record_start(self, job: AccountJob, plan: FolderPlan, counts: FolderCounts) -> None:
@@ -384,13 +398,12 @@ class MailboxCopier:
         await self._renew_lease(job.login, lambda: self.service.record_migration_started(
             job.login, planned, total_messages, total_bytes,
             node=self.settings.node, now=datetime.now(timezone.utc), lease_seconds=self.settings.lease_seconds))
-        self.progress.total_messages += total_messages
-        self.progress.total_bytes += total_bytes
+        self.progress_of(job).count(total_messages=total_messages, total_bytes=total_bytes)
 
     async def _record_failure(self, job: AccountJob, failure: AccountCopyFailed) -> AccountResult:
         reason, retryable = str(failure), failure.retryable
         await self._store(lambda: self.service.record_failed(job.login, reason, retryable, node=self.settings.node))
-        self.progress.accounts_failed += 1
+        self.progress_of(job).count(accounts_failed=1)
         log.warning("account copy failed", login=job.login, reason=reason, retryable=retryable)
         return AccountResult(job.login, ok=False, error=reason)
 
@@ -405,7 +418,7 @@ class MailboxCopier:
                 job.login, messages, size, folder_count, duration, False, node=self.settings.node))
         except LeaseLost as e:
             return AccountResult(job.login, ok=False, error=str(e), busy=True)
-        self.progress.accounts_done += 1
+        self.progress_of(job).count(accounts_done=1)
         return AccountResult(job.login, True, messages, size, skipped, folder_count)
 
     async def _with_retries(
@@ -640,9 +653,7 @@ class MailboxCopier:
                         await self._record(job, state, done=False, checkpoints=checkpoints)
                     outcome = await trio.to_thread.run_sync(target.append, state.folder.target, batch.append)
                 copied, size, skipped = state.advance(batch, outcome)
-                self.progress.messages += copied
-                self.progress.bytes += size
-                self.progress.skipped += skipped
+                self.progress_of(job).count(messages=copied, bytes=size, skipped=skipped)
                 if time.monotonic() - state.recorded_at >= self.settings.checkpoint_interval:
                     await self._record(job, state, done=False, checkpoints=checkpoints)
 

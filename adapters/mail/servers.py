@@ -24,11 +24,12 @@ from mailmigrator.adapters.mail.connection import (
     is_transient,
     source_login_name,
 )
-from mailmigrator.adapters.mail.copier import AccountJob, AccountResult, MailboxCopier
+from mailmigrator.adapters.mail.copier import AccountJob, AccountResult, CopyProgress, MailboxCopier
 from mailmigrator.adapters.mail.message_source import MessageSource
 from mailmigrator.adapters.pop3.source import Pop3Source
 from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.errors import MailServerError, MigrationRefused, PasswordRefused
+from mailmigrator.domain.use_cases.ports import Progress
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,12 @@ class AccountCopier:
         self.servers = servers
         self.engine = engine
 
-    def job(self, login: str, source_name: str, password: str | None, target_login: str) -> AccountJob:
+    def job(self, login: str, source_name: str, password: str | None, target_login: str,
+            progress: Progress | None = None) -> AccountJob:
         return AccountJob(login, self.servers.copy_plan(source_name, login, password),
-                          self.servers.target_plan(target_login))
+                          self.servers.target_plan(target_login),
+                          progress if isinstance(progress, CopyProgress) else None)
 
-    async def copy(self, login: str, source_name: str, password: str | None, target_login: str) -> AccountResult:
-        return await self.engine.copy_account(self.job(login, source_name, password, target_login))
+    async def copy(self, login: str, source_name: str, password: str | None, target_login: str,
+                   progress: Progress | None = None) -> AccountResult:
+        return await self.engine.copy_account(self.job(login, source_name, password, target_login, progress))

@@ -9,6 +9,7 @@ from typing import Protocol
 import trio
 
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
+from mailmigrator.domain.use_cases.ports import Progress
 
 
 class BulkLine(Protocol):
@@ -35,8 +36,8 @@ class MigrateMany:
     current: list[str] = field(default_factory=list)
     outcomes: list[MigrationOutcome] = field(default_factory=list)
 
-    async def run(self, lines: Sequence[BulkLine], *, typed: str | None = None,
-                  method: str = "manual") -> list[MigrationOutcome]:
+    async def run(self, lines: Sequence[BulkLine], *, typed: str | None = None, method: str = "manual",
+                  progress: Progress | None = None) -> list[MigrationOutcome]:
         """Migrate every line; the outcomes in the lines' order (`outcomes` has them as they finish)."""
         slots = trio.Semaphore(self.concurrency)
         ordered: dict[int, MigrationOutcome] = {}
@@ -47,7 +48,7 @@ class MigrateMany:
                 try:
                     outcome = await self.migrate.with_password(
                         typed or line.login, line.login, line.password,
-                        aliases=[line.alias] if line.alias else [], method=method)
+                        aliases=[line.alias] if line.alias else [], method=method, progress=progress)
                 finally:
                     self.current.remove(line.login)
             ordered[index] = outcome

@@ -36,6 +36,7 @@ from mailmigrator.domain.use_cases.ports import (
     MailServers,
     NewAccounts,
     PostMigrateScript,
+    Progress,
     ScriptRun,
 )
 from mailmigrator.domain.use_cases.records import MigrationRecords
@@ -95,15 +96,17 @@ class MigrateAccount:
         await self.records.password_verified(login, method)
 
     async def with_password(self, typed: str, login: str, password: str, *, aliases: Sequence[str] = (),
-                            method: str = "manual") -> MigrationOutcome:
+                            method: str = "manual", progress: Progress | None = None) -> MigrationOutcome:
         """Verify, then migrate: the Manual tab's single user and each bulk line."""
         try:
             await self.verify(typed, login, password, method)
         except MigrationRefused as e:
             return MigrationOutcome(login, False, str(e))
-        return await self.run(login, Credentials(self.servers.source_name(typed, login), password), aliases=aliases)
+        return await self.run(login, Credentials(self.servers.source_name(typed, login), password), aliases=aliases,
+                              progress=progress)
 
-    async def run(self, login: str, credentials: Credentials, *, aliases: Sequence[str] = ()) -> MigrationOutcome:
+    async def run(self, login: str, credentials: Credentials, *, aliases: Sequence[str] = (),
+                  progress: Progress | None = None) -> MigrationOutcome:
         """Migrate one account whose password is verified; `credentials.login` is the old server's name for it.
 
         An empty password means "use the source admin login" (a resume without a vault).
@@ -119,7 +122,7 @@ class MigrateAccount:
                 vault = self.vault
                 await self.records.in_thread(lambda: vault.put(login, password))
             await self.ensure_created(login, credentials, aliases)
-            outcome = await self.copy(login, credentials)
+            outcome = await self.copy(login, credentials, progress)
         except ExplainedError as e:
             return await self.failed(login, failure_text(e), retryable_failure(e))
         except OSError as e:
@@ -128,14 +131,14 @@ class MigrateAccount:
             outcome.post_script = await self.run_post_script(login, password)
         return outcome
 
-    async def copy(self, login: str, credentials: Credentials) -> MigrationOutcome:
+    async def copy(self, login: str, credentials: Credentials, progress: Progress | None = None) -> MigrationOutcome:
         """Copy the mail (nothing with `passwords_only`) and say how it went; the copy engine records progress."""
         if self.settings.passwords_only:
             await self.records.passwords_only_completed(login)
             return MigrationOutcome(login, True, "password set, no mail copied (passwords only)")
         account = await self.records.account(login)
         result = await self.copier.copy(login, credentials.login, credentials.password or None,
-                                        account.target_login or login)
+                                        account.target_login or login, progress)
         if result.busy:
             return MigrationOutcome(login, False, result.error or "another node migrates it", result, busy=True)
         if not result.ok:

@@ -100,10 +100,20 @@ class MailServers(Protocol):
     def recipient_headers(self, source_name: str, login: str, password: str | None) -> list[bytes]: ...
 
 
-class Copier(Protocol):
-    """The copy engine (`adapters.mail.servers.AccountCopier` over `adapters.mail.copier.MailboxCopier`)."""
+class Progress(Protocol):
+    """Counters a batch of migrations shows (`adapters.mail.copier.CopyProgress`)."""
 
-    async def copy(self, login: str, source_name: str, password: str | None, target_login: str) -> CopyResult: ...
+    def count(self, **deltas: int) -> None: ...
+
+
+class Copier(Protocol):
+    """The copy engine (`adapters.mail.servers.AccountCopier` over `adapters.mail.copier.MailboxCopier`).
+
+    `progress`: the batch's own counters, moved beside the engine's.
+    """
+
+    async def copy(self, login: str, source_name: str, password: str | None, target_login: str,
+                   progress: Progress | None = None) -> CopyResult: ...
 
 
 class ScriptRun(Protocol):

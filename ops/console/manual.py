@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 import trio
 
-from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.copier import CopyProgress
 from mailmigrator.domain.use_cases.bulk import MigrateMany
 from mailmigrator.domain.errors import DomainError
@@ -50,10 +49,16 @@ class ManualJob:
     entries: list[BulkEntry] = field(repr=False)
     state: str = "queued"
     many: MigrateMany | None = None
-    outcomes: list[AccountOutcome] = field(default_factory=list)
+    refused: list[AccountOutcome] = field(default_factory=list)
     progress: CopyProgress = field(default_factory=CopyProgress)
     submitted: float = field(default_factory=time.time)
     finished: float | None = None
+
+    @property
+    def outcomes(self) -> list[AccountOutcome]:
+        """Each account done so far, in the order they finished."""
+        done = self.many.outcomes if self.many is not None else []
+        return self.refused + [AccountOutcome(o.login, o.ok, o.message) for o in done]
 
     def to_json(self) -> dict[str, Any]:
         p = self.progress
@@ -85,11 +90,11 @@ class QueueFull(Exception):
 class ManualMigrations:
     """Queued manual migrations, run one job at a time by `run` inside the console's nursery."""
 
-    def __init__(self, config: Config, wired: OpenStore, source_limit: AdaptiveLimit | None = None) -> None:
+    def __init__(self, config: Config, wired: OpenStore, migration: Migration | None = None) -> None:
         self.config = config
         self.wired = wired
-        self.source_limit = source_limit
-        self._migration: Migration | None = None
+        # In `serve`, the node's own migration use case; otherwise built at the first job.
+        self._migration = migration
         self.jobs: dict[int, ManualJob] = {}
         self._ids = itertools.count(1)
         self._send, self._receive = trio.open_memory_channel[ManualJob](MAX_QUEUED_JOBS)
@@ -121,27 +126,21 @@ class ManualMigrations:
         try:
             migration = await self.migration()
         except (ConfigError, DomainError) as e:
-            job.outcomes = [AccountOutcome(entry.login, False, str(e)) for entry in job.entries]
+            job.refused = [AccountOutcome(entry.login, False, str(e)) for entry in job.entries]
         else:
-            migration.progress.reset()
-            job.progress = migration.progress
             job.many = MigrateMany(migration.migrate, self.config.migration.concurrency)
-            try:
-                for outcome in await job.many.run(job.entries):
-                    job.outcomes.append(AccountOutcome(outcome.login, outcome.ok, outcome.message))
-                    log.info("manual migration", login=outcome.login, ok=outcome.ok, result=outcome.message)
-            finally:
-                job.progress = replace(migration.progress)
+            for outcome in await job.many.run(job.entries, progress=job.progress):
+                log.info("manual migration", login=outcome.login, ok=outcome.ok, result=outcome.message)
         finally:
             job.entries.clear()  # the passwords go with them
             job.finished = time.time()
             job.state = "done" if all(o.ok for o in job.outcomes) else "failed"
 
     async def migration(self) -> Migration:
-        """The console's one migration use case, built at the first job, under the node's source limit."""
+        """The migration use case every job runs."""
         if self._migration is None:
-            self._migration = await trio.to_thread.run_sync(lambda: build_migration(
-                self.config, self.wired.app, limit=self.source_limit, need_target=False))
+            self._migration = await trio.to_thread.run_sync(
+                lambda: build_migration(self.config, self.wired.app, need_target=False))
         return self._migration
 
 

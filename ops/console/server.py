@@ -26,7 +26,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.domain.use_cases.first_login import RejectionCounts
 from mailmigrator.domain.errors import AccountNotFound, DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
@@ -44,7 +43,7 @@ from mailmigrator.ops.console.auth import (
 from mailmigrator.ops.console.manual import ManualMigrations, QueueFull, single_entry
 from mailmigrator.ops.console.metrics import CONTENT_TYPE, render_metrics
 from mailmigrator.ops.console.queries import AccountQuery, BadQuery, ConsoleQueries
-from mailmigrator.ops.composition import OpenStore
+from mailmigrator.ops.composition import Migration, OpenStore
 
 log = structlog.get_logger("mailmigrator.console")
 
@@ -407,7 +406,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
 
 async def run_console(
     config: Config, wired: OpenStore, *, rejections: RejectionCounts | None = None,
-    source_limit: AdaptiveLimit | None = None,
+    migration: Migration | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the console on `[admin] listen` until cancelled; reports the bound URLs (empty when disabled)."""
@@ -420,7 +419,7 @@ async def run_console(
     admin_password = await trio.to_thread.run_sync(AdminPassword.from_file, admin.password_file)
     secure = bool(admin.tls_cert and admin.tls_key)
     app, console = build_console(config, wired, admin_password, secure_cookies=secure, rejections=rejections,
-                                 manual=ManualMigrations(config, wired, source_limit))
+                                 manual=ManualMigrations(config, wired, migration))
     async with trio.open_nursery() as nursery:
         await nursery.start(console.manual.run)
         # Starlette's ASGI types and hypercorn's describe the same protocol in different words.
