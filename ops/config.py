@@ -84,7 +84,7 @@ class ProxyConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_tls_for_login: bool = False
-    # Connection limits (the proxy's own; see adapters/proxy/server.py ProxyLimits).
+    # Connection limits (the proxy's own; see adapters/proxy/listeners.py ProxyLimits).
     max_connections: int = 20_000
     max_connections_per_address: int = 1_000
     login_timeout: float = 120.0

@@ -36,7 +36,7 @@ from mailmigrator.adapters.migration_workers import (
     NoStoredCredentials,
     RetryableFailure,
 )
-from mailmigrator.adapters.proxy.server import Listener, LoginProxy, ProxyLimits, server_ssl_context
+from mailmigrator.adapters.proxy.listeners import Listener, LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import ExplainedError

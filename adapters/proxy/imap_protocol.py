@@ -5,7 +5,7 @@ included (RFC 3501 section 4.3 / RFC 9051 section 4.3; non-synchronising
 literals per RFC 7888), and refuses lines and literals over the configured
 limits without buffering them. `parse_command` turns a framed command into a
 `Command`; `decode_sasl_plain` reads an AUTHENTICATE PLAIN response
-(RFC 4616). The connection loop in adapters/proxy/server.py owns the stream.
+(RFC 4616). The connection loop in `imap_session` owns the stream.
 """
 
 from __future__ import annotations
