@@ -102,7 +102,7 @@ async def _collect(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
     size = 0
     async for chunk in stream:
         if size < OUTPUT_LIMIT:
-            into.append(chunk[: OUTPUT_LIMIT - size])
+            into.append(bytes(chunk[: OUTPUT_LIMIT - size]))
         size += len(chunk)
 
 
