@@ -25,12 +25,10 @@ from mailmigrator.adapters.proxy.login_routing import LoginRouter, Routed
 from mailmigrator.adapters.proxy.pop3_session import Pop3Session
 from mailmigrator.adapters.proxy.pre_auth_session import tls_handshake
 from mailmigrator.adapters.proxy.protocol_errors import ServerError, UserError
+from mailmigrator.adapters.proxy.relay import CONNECTION_ENDS
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 
 log = structlog.get_logger("mailmigrator.proxy")
-
-_CONNECTION_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError)
-"""What ends a connection without being a fault of the proxy: the client went away, broke TLS or did not read."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +154,7 @@ class LoginProxy:
                 stream = trio.SSLStream(raw, self.ssl_context, server_side=True)
                 await tls_handshake(stream, self.limits.tls_handshake_timeout, login_deadline)
             await self._session(listener, stream, client_address, local_address, login_deadline).run()
-        except _CONNECTION_ENDS as e:
+        except CONNECTION_ENDS as e:
             log.info("connection ended", client=client_address, reason=type(e).__name__)
         except Exception:
             log.exception("connection failed", client=client_address)

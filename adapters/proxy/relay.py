@@ -35,8 +35,8 @@ NOTICE_POP3_COMMANDS = frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP",
 _READ_ONLY_PROBE = b' STATUS "Migration in progress: this mailbox is read-only" (MESSAGES)\r\n'
 _READ_ONLY_POP3_REFUSAL = b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n"
 
-_RELAY_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError)
-"""What ends a relay quietly: either side gone, or not reading for `send_timeout`."""
+CONNECTION_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError)
+"""What ends a connection or a relay quietly: a side gone, TLS broken, or a peer not reading for `send_timeout`."""
 
 NoticeReply = tuple[bytes, bytes, bool]
 """What one piece of client input becomes: bytes for the backend, bytes for the client, and whether to hang up."""
@@ -52,10 +52,10 @@ async def _send(stream: trio.abc.Stream, data: bytes | bytearray, timeout: float
 
 @contextlib.contextmanager
 def _ending_relay(scope: trio.CancelScope) -> Iterator[None]:
-    """One direction of a relay: when it stops, quietly for `_RELAY_ENDS`, the other direction stops too."""
+    """One direction of a relay: when it stops, quietly for `CONNECTION_ENDS`, the other direction stops too."""
     try:
         yield
-    except _RELAY_ENDS:
+    except CONNECTION_ENDS:
         pass
     finally:
         scope.cancel()
