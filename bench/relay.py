@@ -18,7 +18,7 @@ import time
 import trio
 
 from mailmigrator.adapters.proxy.backends import BackendSession
-from mailmigrator.adapters.proxy.server import relay
+from mailmigrator.adapters.proxy.relay import relay
 
 TOTAL = int(os.environ.get("TOTAL_MB", "1024")) * 1024 * 1024
 ROUNDS = int(os.environ.get("ROUNDS", "7"))

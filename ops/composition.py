@@ -24,7 +24,7 @@ from mailmigrator.adapters.mail.copier import CopyProgress, CopyRecorder, CopySe
 from mailmigrator.adapters.mail.servers import AccountCopier, MailServers, SourceAccess, TargetAccess
 from mailmigrator.adapters.mail.sweep import AccountSweeper, SweepRecorder
 from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
-from mailmigrator.adapters.proxy.server import LoginProxy, ProxyLimits, server_ssl_context
+from mailmigrator.adapters.proxy.listeners import LoginProxy, ProxyLimits, server_ssl_context
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript
 from mailmigrator.adapters.store.event_store import StoreError, check_store, parse_store_url, read_key_file, store_environment

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.scripts.post_migrate import PasswordHandover
 from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS
@@ -246,12 +247,12 @@ class ProxyConfig(_Section):
     tls_cert: ConfigPath = None
     tls_key: ConfigPath = None
     require_tls_for_login: bool = False
-    # Connection limits (the proxy's own, see ProxyLimits).
-    max_connections: int = Field(default=20_000, gt=0)
-    max_connections_per_address: int = Field(default=1_000, gt=0)
-    login_timeout: float = Field(default=120.0, gt=0, description="seconds")
-    send_timeout: float = Field(default=30.0, gt=0, description="seconds")
-    relay_send_timeout: float = Field(default=600.0, gt=0, description="seconds")
+    # Connection limits: the proxy's own defaults (`ProxyLimits`), bounded here.
+    max_connections: int = Field(default=ProxyLimits.max_connections, gt=0)
+    max_connections_per_address: int = Field(default=ProxyLimits.max_connections_per_address, gt=0)
+    login_timeout: float = Field(default=ProxyLimits.login_timeout, gt=0, description="seconds")
+    send_timeout: float = Field(default=ProxyLimits.send_timeout, gt=0, description="seconds")
+    relay_send_timeout: float = Field(default=ProxyLimits.relay_send_timeout, gt=0, description="seconds")
 
     @model_validator(mode="after")
     def _tls_listeners_have_a_certificate(self) -> ProxyConfig:

@@ -18,11 +18,11 @@ import trio
 
 from mailmigrator.adapters.imap.connection import close_imap, open_imap
 from mailmigrator.adapters.mail.connection import describe_error
-from mailmigrator.adapters.proxy.server import Listener
+from mailmigrator.adapters.proxy.listeners import Listener
 from mailmigrator.adapters.store.node_status import NodeStatusTable
-from mailmigrator.adapters.proxy.server import LoginProxy
+from mailmigrator.adapters.proxy.listeners import LoginProxy
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
-from mailmigrator.adapters.proxy.server import ProxyLimits
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.ops.composition import Node, build_node, mail_servers, target_address
 from mailmigrator.ops.config import Config, ConfigError

@@ -150,7 +150,7 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
         doc["logins"] += 1
         doc["last_protocol"] = event.protocol
     elif isinstance(event, Account.PasswordVerified):
-        # .get: documents folded before these counters existed lack them until a replay.
+        # .get: a stored document may lack these counters; a replay adds them.
         doc["passwords_verified"] = doc.get("passwords_verified", 0) + 1
         doc["verified_at"] = doc["verified_at"] or at
         if doc["state"] == "seen":

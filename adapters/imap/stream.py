@@ -1,6 +1,6 @@
 """The copy engine's FETCH and APPEND written and read on an imapclient connection (blocking; worker threads).
 
-The parsing lives in `imap_wire`; this module owns the socket. Commands use
+The parsing lives in `wire`; this module owns the socket. Commands use
 their own tag prefix, so they never collide with imaplib's tags, and every
 command is read to its tagged completion before the connection is handed back.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,17 @@ def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+@contextlib.contextmanager
+def _failure_named(what: str) -> Iterator[None]:
+    """An IMAP reply that refuses becomes a failure naming `what`; a lost connection propagates as it is."""
+    try:
+        yield
+    except IMAPClientAbortError:
+        raise
+    except IMAPClientError as e:
+        raise imap_failure(e, what) from None
+
+
 class ImapTarget:
     """A connection to the new server logged in as one user through the master user."""
 
@@ -70,26 +82,18 @@ class ImapTarget:
             raise imap_failure(e, f"creating folder {name!r} on the new server") from None
 
     def subscribe(self, name: str) -> None:
-        try:
+        with _failure_named(f"subscribing {name!r} on the new server"):
             self.client.subscribe_folder(name)
-        except IMAPClientAbortError:
-            raise
-        except IMAPClientError as e:
-            raise imap_failure(e, f"subscribing {name!r} on the new server") from None
 
     def status(self, name: str) -> tuple[int, int]:
         """UIDVALIDITY and UIDNEXT of a folder."""
-        try:
+        with _failure_named(f"STATUS of {name!r} on the new server"):
             status = self.client.folder_status(name, [b"UIDVALIDITY", b"UIDNEXT"])
-        except IMAPClientAbortError:
-            raise
-        except IMAPClientError as e:
-            raise imap_failure(e, f"STATUS of {name!r} on the new server") from None
         return int(status[b"UIDVALIDITY"]), int(status[b"UIDNEXT"])
 
     def fingerprints(self, name: str, from_uid: int, batch_bytes: int) -> Iterator[Fingerprint]:
         """Fingerprints of the folder's messages with UID >= `from_uid`, read in bounded batches."""
-        try:
+        with _failure_named(f"reading {name!r} on the new server"):
             self.client.select_folder(name, readonly=True)
             sizes = self.stream.sizes(from_uid)
             batch: list[int] = []
@@ -102,10 +106,6 @@ class ImapTarget:
                     batch, held = [], 0
             yield from self._fingerprint_batch(batch)
             self.client.unselect_folder()
-        except IMAPClientAbortError:
-            raise
-        except IMAPClientError as e:
-            raise imap_failure(e, f"reading {name!r} on the new server") from None
 
     def _fingerprint_batch(self, uids: list[int]) -> Iterator[Fingerprint]:
         if not uids:
@@ -123,36 +123,53 @@ class ImapTarget:
         A MULTIAPPEND is all-or-nothing, so when the server refuses it the
         messages are sent again one by one to find and name the refused ones.
         """
-        outcome = AppendOutcome()
+        outcome: AppendOutcome | None = None
         if self.stream.literal_plus and (self.multiappend or len(messages) == 1):
-            status, text = self.stream.append(
-                name, [AppendItem(m.flags, m.internaldate, m.raw) for m in messages])
-            if status == "OK":
-                outcome.accepted.extend(messages)
-                self._note_uids(outcome, name, text)
-                return outcome
-            if is_transient_response(text):
-                raise TransientFailure(f"APPEND to {name!r} on the new server: {one_line(text)}")
-            if len(messages) == 1:
-                outcome.refused.append((messages[0], f"refused by the new server: {status} {one_line(text)}"))
-                outcome.uidvalidity, outcome.uidnext = self.status(name)
-                return outcome
+            outcome = self._append_literal_plus(name, messages)
         elif self.multiappend and len(messages) > 1:
-            try:
-                # imapclient returns a refused MULTIAPPEND as ("NO", [text]) instead of raising.
-                result = self.client.multiappend(name, [_append_item(m) for m in messages])
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as e:
-                result = ("NO", [str(e).encode()])
-            typ, data = result if isinstance(result, tuple) else ("OK", [result])
-            text = b" ".join(d for d in data if isinstance(d, bytes)) if isinstance(data, list) else data
-            if typ == "OK":
-                outcome.accepted.extend(messages)
-                self._note_uids(outcome, name, text)
-                return outcome
-            if is_transient_response(text):
-                raise TransientFailure(f"APPEND to {name!r} on the new server: {one_line(text)}")
+            outcome = self._multiappend(name, messages)
+        if outcome is None:
+            outcome = self._append_one_by_one(name, messages)
+        return outcome
+
+    def _append_literal_plus(self, name: str, messages: Sequence[FetchedMessage]) -> AppendOutcome | None:
+        """One (MULTI)APPEND written by `ImapStream`; None when a batch was refused and must go one by one."""
+        status, text = self.stream.append(name, [AppendItem(m.flags, m.internaldate, m.raw) for m in messages])
+        if status == "OK":
+            return self._all_accepted(name, messages, text)
+        if is_transient_response(text):
+            raise TransientFailure(f"APPEND to {name!r} on the new server: {one_line(text)}")
+        if len(messages) != 1:
+            return None
+        outcome = AppendOutcome(refused=[(messages[0], f"refused by the new server: {status} {one_line(text)}")])
+        outcome.uidvalidity, outcome.uidnext = self.status(name)
+        return outcome
+
+    def _multiappend(self, name: str, messages: Sequence[FetchedMessage]) -> AppendOutcome | None:
+        """One MULTIAPPEND through imapclient; None when it was refused and the batch must go one by one."""
+        try:
+            # imapclient returns a refused MULTIAPPEND as ("NO", [text]) instead of raising.
+            result = self.client.multiappend(name, [_append_item(m) for m in messages])
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as e:
+            result = ("NO", [str(e).encode()])
+        typ, data = result if isinstance(result, tuple) else ("OK", [result])
+        text = b" ".join(d for d in data if isinstance(d, bytes)) if isinstance(data, list) else data
+        if typ == "OK":
+            return self._all_accepted(name, messages, text)
+        if is_transient_response(text):
+            raise TransientFailure(f"APPEND to {name!r} on the new server: {one_line(text)}")
+        return None
+
+    def _all_accepted(self, name: str, messages: Sequence[FetchedMessage], response: Any) -> AppendOutcome:
+        outcome = AppendOutcome(accepted=list(messages))
+        self._note_uids(outcome, name, response)
+        return outcome
+
+    def _append_one_by_one(self, name: str, messages: Sequence[FetchedMessage]) -> AppendOutcome:
+        """One APPEND per message, so that each refusal names its message."""
+        outcome = AppendOutcome()
         for message in messages:
             try:
                 response = self.client.append(

@@ -2,7 +2,7 @@
 
 imapclient lexes every response in Python and copies every message it
 appends; the copy engine's two hot commands are written and read here
-instead, on the same connection (`imap_stream` owns the socket).
+instead, on the same connection (`stream` owns the socket).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ included (RFC 3501 section 4.3 / RFC 9051 section 4.3; non-synchronising
 literals per RFC 7888), and refuses lines and literals over the configured
 limits without buffering them. `parse_command` turns a framed command into a
 `Command`; `decode_sasl_plain` reads an AUTHENTICATE PLAIN response
-(RFC 4616). The connection loop in adapters/proxy/server.py owns the stream.
+(RFC 4616). The connection loop in `imap_session` owns the stream.
 """
 
 from __future__ import annotations
@@ -121,62 +121,79 @@ class ImapCommandReader:
         """The next event the input received so far completes; None when more input is needed."""
         while not self._failed:
             if self._literal_left:
-                take = min(self._literal_left, len(self._buffer))
-                if not take:
+                if not self._take_literal():
                     return None
-                chunk = self._buffer[:take]
-                self._literal += chunk
-                self._command_raw += chunk
-                del self._buffer[:take]
-                self._literal_left -= take
-                if self._literal_left:
-                    return None
-                self._literals.append(bytes(self._literal))
-                self._literal.clear()
                 continue
             end = self._buffer.find(b"\n")
             if end < 0:
-                # One byte more than max_line may be the CR of a line that fits.
-                if len(self._buffer) > self.max_line + 1 and not self._discarding:
-                    # Too long: forget what we have, skip to the end of the line.
-                    self._discarding = True
-                    self._discard_tag = _tag_of(self._pieces[0] if self._pieces else bytes(self._buffer))
-                    self._command_raw.clear()
-                if self._discarding:
-                    self._buffer.clear()
+                self._hold_partial_line()
                 return None
             raw = bytes(self._buffer[: end + 1])
-            line = raw[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
             del self._buffer[: end + 1]
-            if self._discarding or len(line) > self.max_line:
-                tag = self._discard_tag if self._discarding else _tag_of(self._pieces[0] if self._pieces else line)
-                self._reset()
-                return InputRefused(tag, CommandSyntaxError("Line too long.", "TOOBIG"))
-            if self._raw_lines:
-                return Framed((line,), ())
-            self._command_raw += raw
-            match = _LITERAL_AT_END.search(line)
-            if match is None:
-                self._pieces.append(line)
-                framed = Framed(tuple(self._pieces), tuple(self._literals))
-                self._reset()
-                return framed
-            size, plus = int(match.group(1)), bool(match.group(2))
-            self._total += size + len(line)
-            if size > self.max_literal or self._total > self.max_literal + 4 * self.max_line:
-                tag = _tag_of(self._pieces[0] if self._pieces else line)
-                self._reset()
-                self._failed = plus
-                return InputRefused(tag, CommandSyntaxError("Literal too big.", "TOOBIG", fatal=plus))
-            self._pieces.append(line[: match.start()])
-            self._literal_left = size
-            if size == 0:
-                self._literals.append(b"")
-            if not plus:
-                return ContinuationNeeded()
+            event = self._line_event(raw)
+            if event is not None:
+                return event
         return None
+
+    def _take_literal(self) -> bool:
+        """Move what has arrived of the current literal out of the buffer; True once the literal is whole."""
+        take = min(self._literal_left, len(self._buffer))
+        chunk = self._buffer[:take]
+        self._literal += chunk
+        self._command_raw += chunk
+        del self._buffer[:take]
+        self._literal_left -= take
+        if self._literal_left:
+            return False
+        self._literals.append(bytes(self._literal))
+        self._literal.clear()
+        return True
+
+    def _hold_partial_line(self) -> None:
+        """Keep an unfinished line, or drop it once it is too long (it is refused when its end arrives)."""
+        # One byte more than max_line may be the CR of a line that fits.
+        if len(self._buffer) > self.max_line + 1 and not self._discarding:
+            # Too long: forget what we have, skip to the end of the line.
+            self._discarding = True
+            self._discard_tag = _tag_of(self._pieces[0] if self._pieces else bytes(self._buffer))
+            self._command_raw.clear()
+        if self._discarding:
+            self._buffer.clear()
+
+    def _line_event(self, raw: bytes) -> ReaderEvent | None:
+        """The event one whole line (`raw` ends with LF) completes; None when a literal follows without a `+`."""
+        line = raw[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if self._discarding or len(line) > self.max_line:
+            tag = self._discard_tag if self._discarding else _tag_of(self._pieces[0] if self._pieces else line)
+            self._reset()
+            return InputRefused(tag, CommandSyntaxError("Line too long.", "TOOBIG"))
+        if self._raw_lines:
+            return Framed((line,), ())
+        self._command_raw += raw
+        match = _LITERAL_AT_END.search(line)
+        if match is None:
+            self._pieces.append(line)
+            framed = Framed(tuple(self._pieces), tuple(self._literals))
+            self._reset()
+            return framed
+        return self._literal_announced(line, match)
+
+    def _literal_announced(self, line: bytes, match: re.Match[bytes]) -> ReaderEvent | None:
+        """A line ending in `{N}` or `{N+}`: refuse the literal if too big, else expect its N bytes."""
+        size, plus = int(match.group(1)), bool(match.group(2))
+        self._total += size + len(line)
+        if size > self.max_literal or self._total > self.max_literal + 4 * self.max_line:
+            tag = _tag_of(self._pieces[0] if self._pieces else line)
+            self._reset()
+            self._failed = plus
+            return InputRefused(tag, CommandSyntaxError("Literal too big.", "TOOBIG", fatal=plus))
+        self._pieces.append(line[: match.start()])
+        self._literal_left = size
+        if size == 0:
+            self._literals.append(b"")
+        return None if plus else ContinuationNeeded()
 
     def expect_raw_lines(self, raw: bool) -> None:
         """While on, every line is returned as is (SASL responses, RFC 3501 section 6.2.2)."""

@@ -101,7 +101,7 @@ class CredentialVault(SqlTables):
             raise WrongVaultKey("is not the key this store's credential vault was sealed with") from None
 
     def _refuse_if_credentials_do_not_open(self) -> None:
-        """A vault from before key checks: its first credential tells whether this is its key."""
+        """A vault with credentials but no key check yet: its first credential tells whether this is its key."""
         with self._cursor(commit=False) as c:
             c.execute(self.sql("SELECT login, sealed FROM {p}mm_vault ORDER BY login LIMIT 1"))
             row = c.fetchone()

@@ -18,7 +18,7 @@ import trio
 
 from mailmigrator.adapters.proxy.backends import BackendRejected
 from mailmigrator.adapters.proxy.protocol_errors import UserError
-from mailmigrator.adapters.proxy.server import ProxyLimits
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from mailmigrator.adapters.proxy.server import ProxyLimits
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service

@@ -13,7 +13,7 @@ import trio
 from copy_testbed import FaultyRelay
 from proxy_fixtures import OLD_PASSWORD, Pair, ensure_notice_account, pair, seed_user, with_free_ports, write_config  # noqa: F401
 
-from mailmigrator.adapters.proxy.server import ProxyLimits
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import build_service

@@ -243,7 +243,7 @@ def test_bare_login_takes_domain_of_local_address() -> None:
 
 async def test_the_proxy_answers_each_refusal_with_its_response_code() -> None:
     from mailmigrator.adapters.proxy.protocol_errors import ServerError, UserError
-    from mailmigrator.adapters.proxy.server import LoginProxy, ProxyLimits
+    from mailmigrator.adapters.proxy.listeners import LoginProxy, ProxyLimits
     from mailmigrator.adapters.proxy.throttle import LoginThrottle
 
     servers = Servers({"alice@example.com": "pw"})

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from mailmigrator.adapters.proxy.backends import BackendSession
-from mailmigrator.adapters.proxy.server import relay
+from mailmigrator.adapters.proxy.relay import relay
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 
@@ -79,7 +79,7 @@ async def test_stream_relay_for_tls_like_streams_delivers_the_same_bytes():
 
 
 async def test_tcp_relay_keeps_relaying_after_a_quiet_spell_gives_the_large_buffer_back(monkeypatch):
-    monkeypatch.setattr("mailmigrator.adapters.proxy.server.RELAY_QUIET_SECONDS", 0.05)
+    monkeypatch.setattr("mailmigrator.adapters.proxy.relay.RELAY_QUIET_SECONDS", 0.05)
     user, user_side = await tcp_pair()
     backend_side, backend = await tcp_pair()
     replies = [PAYLOAD[:1_000_000], b"* OK still here\r\n", PAYLOAD[1_000_000:]]
