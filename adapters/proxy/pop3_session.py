@@ -133,9 +133,9 @@ class Pop3Session(PreAuthSession):
         return data
 
     async def after_login(self, routed: Routed[BackendSession]) -> None:
-        """Confirm the login, then relay until either side ends."""
-        await self.send(b"+OK Logged in.\r\n")
+        """Confirm the login, then relay until either side ends; the backend session is closed either way."""
         try:
+            await self.send(b"+OK Logged in.\r\n")
             leftover = self.reader.unconsumed()
             send_timeout = self.proxy.limits.relay_send_timeout
             if routed.destination == "notice":
