@@ -101,7 +101,7 @@ class LeaseTakeover:
             account = await self.records.account(login)
             if account.last_error == UNREADABLE_CREDENTIAL:
                 return
-            await self.records.failed(login, UNREADABLE_CREDENTIAL, True)
+            await self.queue.migrate.failed(login, UNREADABLE_CREDENTIAL, True)
         except Exception as e:  # a store hiccup must not stop the service
             log.warning("cannot record the unreadable credential", login=login, error=type(e).__name__)
             return
