@@ -86,13 +86,19 @@ class AccountMigration(Aggregate):
         total_bytes: int
         attempt: int
         node: str
+        # Which engine copies: "dovecot" keeps the old UIDs and UIDVALIDITY (identity), "imap" appends anew.
+        engine: str
 
-        # v1 had no node: it came with several nodes sharing one store.
-        class_version = 2
+        # v1 had no node: it came with several nodes sharing one store. v2 had no engine: IMAP was the only one.
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, object]) -> None:
+            state["engine"] = "imap"
 
     class FolderCopied(_LeaseEvent):
         source_folder: str
@@ -169,6 +175,8 @@ class AccountMigration(Aggregate):
         # The node that last started (or resumed) the copy, and when it last wrote.
         self.node = ""
         self.lease_renewed_at: datetime | None = None
+        # The engine of the last copy: "dovecot" promised identity (old UIDs and UIDVALIDITY), "imap" did not.
+        self.engine = "imap"
 
     @property
     def locked(self) -> bool:
@@ -207,12 +215,13 @@ class AccountMigration(Aggregate):
         node: str,
         now: datetime | None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        engine: str = "imap",
     ) -> None:
         """Start or resume the copy as `node`: refused while another node's lease is live."""
         if self.lease_held_by_other(node, now, lease_seconds):
             expires = self.lease_expires_at(lease_seconds)
             raise AccountBusy(self.login, self.node, expires.isoformat(timespec="seconds") if expires else "?")
-        self.start_migration(folders, total_messages, total_bytes, attempt, node)
+        self.start_migration(folders, total_messages, total_bytes, attempt, node, engine)
 
     def check_owner(self, node: str) -> None:
         """Fencing: refuse a write of a node that no longer holds the lease."""
@@ -260,11 +269,13 @@ class AccountMigration(Aggregate):
         total_bytes: int,
         attempt: int,
         node: str = "",
+        engine: str = "imap",
     ) -> None:
         self._advance("MigrationStarted")
         self.attempts = attempt
         self.last_error = None
         self.node = node
+        self.engine = engine
 
     @event(FolderCopied)
     def copy_folder(

@@ -208,7 +208,7 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     for key in ("login", "state", "locked", "redirect", "target_login", "aliases", "messages", "bytes",
                 "skipped", "attempts", "first_seen", "verified_at", "started_at", "completed_at",
-                "swept_messages", "credential_destroyed_at", "error"):
+                "swept_messages", "credential_destroyed_at", "engine", "identity", "error"):
         value = doc.get(key)
         if key == "bytes":
             value = f"{value:,} ({human_bytes(doc['bytes'])})"

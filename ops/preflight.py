@@ -9,11 +9,31 @@ with one line naming the key and what to do.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 from pathlib import Path
 
 from mailmigrator.adapters.store.event_store import read_key_file
-from mailmigrator.ops.config import Config, ConfigError, read_secret_file
+from mailmigrator.ops.config import Config, ConfigError, TargetConfig, read_secret_file
+
+# doveadm's own default when no doveadm_config is given.
+DOVEADM_DEFAULT_CONFIG = Path("/etc/dovecot/dovecot.conf")
+
+
+def copy_engine_choice(target: TargetConfig) -> str:
+    """"dovecot" or "imap" as `[target] engine` says; "auto" is dovecot when doveadm_config is set and doveadm is
+    on PATH. `ConfigError` when the Dovecot engine is chosen but doveadm or its config cannot be used."""
+    doveadm = shutil.which("doveadm")
+    if target.engine == "imap" or (target.engine == "auto" and (target.doveadm_config is None or doveadm is None)):
+        return "imap"
+    if doveadm is None:
+        raise ConfigError('[target] engine = "dovecot" needs doveadm on PATH (Debian: dovecot-core) on the new '
+                          'server\'s host; install it there or set engine = "imap"')
+    config = target.doveadm_config or DOVEADM_DEFAULT_CONFIG
+    if not os.access(config, os.R_OK) or not config.is_file():
+        raise ConfigError(f"[target] doveadm_config {config} cannot be read by this user; name the new Dovecot's "
+                          "config file (doveadm -c)")
+    return "dovecot"
 
 
 def check_before_listening(config: Config) -> None:
@@ -34,6 +54,7 @@ def check_before_listening(config: Config) -> None:
             _writable_directory(target.passwd_file, "[target] passwd_file")
         if target.alias_map is not None:
             _writable_directory(target.alias_map, "[target] alias_map")
+        copy_engine_choice(target)
     _certificate(proxy.tls_cert, proxy.tls_key, "[proxy]")
     _certificate(admin.tls_cert, admin.tls_key, "[admin]")
     if admin.password_file is not None and admin.listen:

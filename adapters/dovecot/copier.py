@@ -1,0 +1,275 @@
+"""The identity-keeping copy engine: Dovecot's dsync on the new server pulls the account over IMAP (imapc).
+
+dsync writes through the new Dovecot's storage with the old server's UIDs and
+UIDVALIDITY, gaps included, so IMAP client caches and POP3 UIDLs (both sides on
+the default ``pop3_uidl_format``) stay valid. The first pass of an account is
+``backup -R``; every later pass ``sync -1 -R``, which keeps mail that only the
+new side has (delivered there after the MX switch). After each pass the flags
+are compared per message and corrected on the new side (see `folders`).
+
+The history is the IMAP engine's: the start claims the lease with the plan from
+the old server's LIST and STATUS, each folder is recorded as a done
+`FolderCopied` with both sides' UIDVALIDITY/UIDNEXT and the messages this pass
+added, then the completion. One dsync run holds one slot of the node's limit on
+the old server.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+import trio
+from imapclient import IMAPClient
+
+from mailmigrator.adapters.dovecot.doveadm import (
+    EXIT_RUN_AGAIN,
+    RETRYABLE_EXITS,
+    ImapcLogin,
+    dsync_command,
+    failure_line,
+    private_config,
+    run_doveadm,
+)
+from mailmigrator.adapters.dovecot.folders import FolderStatus, copy_flags, folder_status, folder_uids, sizes_of
+from mailmigrator.adapters.imap.source import ImapSource
+from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
+from mailmigrator.adapters.mail.connection import LoginPlan, describe_error, is_transient
+from mailmigrator.adapters.mail.copier import (
+    AccountCopyFailed,
+    AccountResult,
+    CopyProgress,
+    CopyRecorder,
+    folder_totals,
+)
+from mailmigrator.adapters.mail.servers import MailServers
+from mailmigrator.domain.checkpoints import FolderCopiedFields
+from mailmigrator.domain.errors import AccountBusy, LeaseLost
+from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders, split_name
+from mailmigrator.domain.model import PlannedFolderFields
+from mailmigrator.domain.use_cases.ports import Progress
+
+log = structlog.get_logger("mailmigrator.dsync")
+
+T = TypeVar("T")
+
+ENGINE = "dovecot"
+
+
+@dataclass(frozen=True)
+class DsyncSettings:
+    """How doveadm is run: its path, the new Dovecot's config (None: doveadm's default), limits."""
+
+    doveadm: str
+    doveadm_config: Path | None
+    exclude_folders: tuple[str, ...]
+    node: str
+    lease_seconds: float
+    timeout: float = 4 * 3600.0
+    # dsync's exit 2 ("changed meanwhile, run again") is answered by this many runs in all.
+    runs: int = 3
+
+
+@dataclass
+class _Survey:
+    """The account before a pass: the plan, how imapc logs in, and what each side holds."""
+
+    plan: FolderPlan
+    imapc: ImapcLogin
+    counts: dict[str, tuple[int, int]]
+    target_before: dict[str, set[int]]
+    excluded_targets: list[str]
+
+    @property
+    def selectable(self) -> list[PlannedFolder]:
+        return [f for f in self.plan.folders if f.selectable]
+
+
+@dataclass(frozen=True)
+class _FolderOutcome:
+    folder: PlannedFolder
+    source: FolderStatus
+    target: FolderStatus
+    messages: int
+    bytes: int
+    flags_changed: int
+
+
+@dataclass
+class DsyncCopier:
+    """The `Copier` port over doveadm dsync, recording through a `CopyRecorder` as the IMAP engine does."""
+
+    recorder: CopyRecorder
+    servers: MailServers
+    source_limit: AdaptiveLimit
+    settings: DsyncSettings
+    progress: CopyProgress = field(default_factory=CopyProgress)
+    # Per (login, old folder): (UIDVALIDITY, HIGHESTMODSEQ) when the flags last agreed, for CHANGEDSINCE.
+    modseqs: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
+
+    engine = ENGINE
+
+    async def _store(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self.store_limiter)
+
+    def _progress(self, progress: Progress | None) -> CopyProgress:
+        if isinstance(progress, CopyProgress) and progress is not self.progress:
+            if progress.parent is None:
+                progress.parent = self.progress
+            return progress
+        return self.progress
+
+    async def copy(self, login: str, source_name: str, password: str | None, target_login: str,
+                   progress: Progress | None = None) -> AccountResult:
+        """One pass over the account: plan, claim, dsync, flags, record each folder and the completion."""
+        counters = self._progress(progress)
+        source_plan = self.servers.copy_plan(source_name, login, password)
+        target_plan = self.servers.target_plan(target_login)
+        started = time.monotonic()
+        try:
+            async with self.source_limit.limiter:
+                outcomes = await self._pass(login, target_login, source_plan, target_plan, counters)
+            for outcome in outcomes:
+                await self._record_folder(login, outcome)
+                counters.count(messages=outcome.messages, bytes=outcome.bytes)
+            return await self._complete(login, len(outcomes), time.monotonic() - started, counters)
+        except (AccountBusy, LeaseLost) as e:
+            log.info("account held by another node", login=login, detail=str(e))
+            return AccountResult(login, ok=False, error=str(e), busy=True)
+        except AccountCopyFailed as e:
+            reason, retryable = str(e), e.retryable
+            await self._store(lambda: self.recorder.record_failed(login, reason, retryable, node=self.settings.node))
+            counters.count(accounts_failed=1)
+            log.warning("account copy failed", login=login, reason=reason, retryable=retryable, engine=ENGINE)
+            return AccountResult(login, ok=False, error=reason)
+
+    async def _pass(self, login: str, target_login: str, source_plan: LoginPlan, target_plan: LoginPlan,
+                    counters: CopyProgress) -> list[_FolderOutcome]:
+        account = await self._store(lambda: self.recorder.account(login))
+        survey = await self._blocking("planning", lambda: self._survey(source_plan, target_plan))
+        await self._record_start(login, survey, counters)
+        # `backup` makes the new side equal to the old: only while the new side has nothing of its own.
+        first_pass = not account.folders and not any(survey.target_before.values())
+        await self._dsync(login, target_login, survey, first_pass, source_plan.credentials.password)
+        return await self._blocking("comparing flags", lambda: self._settle(login, source_plan, target_plan, survey))
+
+    async def _blocking(self, what: str, step: Callable[[], T]) -> T:
+        """A step on both servers in a worker thread; a failure becomes `AccountCopyFailed` naming `what`."""
+        try:
+            result = await trio.to_thread.run_sync(step)
+        except Exception as e:  # noqa: BLE001 - every failure of a step is one reason
+            self.source_limit.failed(e)
+            raise AccountCopyFailed(f"{what}: {describe_error(e)}", retryable=is_transient(e)) from None
+        self.source_limit.succeeded()
+        return result
+
+    def _survey(self, source_plan: LoginPlan, target_plan: LoginPlan) -> _Survey:
+        source = ImapSource(self.servers.source.address, source_plan)
+        target = self.servers.open_target(target_plan)
+        try:
+            source_ns, target_ns = source.namespace(), target.namespace()
+            plan = plan_folders(source.list_folders(), source_ns, target_ns, {}, self.settings.exclude_folders)
+            counts = {f.source: folder_totals(source, f.source) for f in plan.folders if f.selectable}
+            before = {f.target: folder_uids(target.client, f.target) for f in plan.folders if f.selectable}
+            excluded = [target_ns.prefix + (target_ns.separator or "/").join(split_name(e.source, source_ns))
+                        for e in plan.excluded]
+            address = self.servers.source.address
+            if address.tls == "detect" and not _uses_tls(source.client):
+                address = replace(address, tls="disable")
+            prefix = source_ns.prefix.rstrip(source_ns.separator) if source_ns.separator else source_ns.prefix
+            return _Survey(plan, ImapcLogin(address, source_plan, prefix), counts, before, excluded)
+        finally:
+            source.close()
+            target.close()
+
+    async def _record_start(self, login: str, survey: _Survey, counters: CopyProgress) -> None:
+        planned: list[PlannedFolderFields] = [
+            {"source": f.source, "target": f.target, "messages": survey.counts.get(f.source, (0, 0))[0],
+             "bytes": survey.counts.get(f.source, (0, 0))[1]}
+            for f in survey.plan.folders
+        ]
+        total_messages = sum(n for n, _ in survey.counts.values())
+        total_bytes = sum(b for _, b in survey.counts.values())
+        await self._store(lambda: self.recorder.record_migration_started(
+            login, planned, total_messages, total_bytes, node=self.settings.node, now=datetime.now(timezone.utc),
+            lease_seconds=self.settings.lease_seconds, engine=ENGINE))
+        counters.count(total_messages=total_messages, total_bytes=total_bytes)
+
+    async def _dsync(self, login: str, target_login: str, survey: _Survey, first_pass: bool, secret: str) -> None:
+        """Run dsync until it reports no change left (bounded); `AccountCopyFailed` with doveadm's reason."""
+        s = self.settings
+        with private_config(s.doveadm_config, survey.imapc) as config:
+            for run in range(1, s.runs + 1):
+                backup = first_pass and run == 1
+                command = dsync_command(s.doveadm, config, target_login, first_pass=backup,
+                                        exclude=survey.excluded_targets)
+                began = time.monotonic()
+                status, stderr = await run_doveadm(command, s.timeout)
+                log.info("dsync ran", login=login, mode="backup" if backup else "sync -1", exit_status=status,
+                         seconds=round(time.monotonic() - began, 3))
+                if status == 0:
+                    return
+                if status != EXIT_RUN_AGAIN:
+                    retryable = status in RETRYABLE_EXITS or status < 0
+                    raise AccountCopyFailed(f"doveadm {'backup' if backup else 'sync'} (exit {status}): "
+                                            f"{failure_line(stderr, secret)}", retryable=retryable)
+        raise AccountCopyFailed(f"doveadm sync: still changing after {s.runs} runs", retryable=True)
+
+    def _settle(self, login: str, source_plan: LoginPlan, target_plan: LoginPlan,
+                survey: _Survey) -> list[_FolderOutcome]:
+        """Correct the flags, then read each folder's STATUS on both sides and what this pass added."""
+        source = ImapSource(self.servers.source.address, source_plan)
+        target = self.servers.open_target(target_plan)
+        try:
+            outcomes = []
+            for folder in survey.selectable:
+                key = (login, folder.source)
+                before = folder_status(source.client, folder.source)
+                remembered = self.modseqs.get(key)
+                since = remembered[1] if remembered and remembered[0] == before.uidvalidity else 0
+                changed, modseq = copy_flags(source.client, target.client, folder.source, folder.target, since)
+                if modseq:
+                    self.modseqs[key] = (before.uidvalidity, modseq)
+                added = folder_uids(target.client, folder.target) - survey.target_before.get(folder.target, set())
+                outcomes.append(_FolderOutcome(
+                    folder, folder_status(source.client, folder.source), folder_status(target.client, folder.target),
+                    len(added), sizes_of(target.client, folder.target, added), changed))
+            return outcomes
+        finally:
+            source.close()
+            target.close()
+
+    async def _record_folder(self, login: str, outcome: _FolderOutcome) -> None:
+        copied: FolderCopiedFields = {
+            "source_folder": outcome.folder.source, "target_folder": outcome.folder.target,
+            "uidvalidity": outcome.source.uidvalidity, "highest_uid": max(outcome.source.uidnext - 1, 0),
+            "messages": outcome.messages, "bytes": outcome.bytes, "skipped": [], "done": True,
+            "target_uidvalidity": outcome.target.uidvalidity, "target_uidnext": outcome.target.uidnext,
+            "last_uidl": "", "node": self.settings.node,
+        }
+        if outcome.flags_changed:
+            log.info("flags corrected", login=login, folder=outcome.folder.source, messages=outcome.flags_changed)
+        await self._store(lambda: self.recorder.record_folder_copied(login, **copied))
+
+    async def _complete(self, login: str, folders: int, duration: float, counters: CopyProgress) -> AccountResult:
+        account = await self._store(lambda: self.recorder.account(login))
+        messages = sum(f.messages for f in account.folders.values())
+        size = sum(f.bytes for f in account.folders.values())
+        try:
+            await self._store(lambda: self.recorder.record_completed(
+                login, messages, size, folders, duration, False, node=self.settings.node))
+        except LeaseLost as e:
+            return AccountResult(login, ok=False, error=str(e), busy=True)
+        counters.count(accounts_done=1)
+        return AccountResult(login, True, messages, size, 0, folders)
+
+
+def _uses_tls(client: IMAPClient) -> bool:
+    return isinstance(client.socket(), ssl.SSLSocket)
