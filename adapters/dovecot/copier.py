@@ -2,10 +2,11 @@
 
 dsync writes through the new Dovecot's storage with the old server's UIDs and
 UIDVALIDITY, gaps included, so IMAP client caches and POP3 UIDLs (both sides on
-the default ``pop3_uidl_format``) stay valid. The first pass of an account is
-``backup -R``; every later pass ``sync -1 -R``, which keeps mail that only the
-new side has (delivered there after the MX switch). After each pass the flags
-are compared per message and corrected on the new side (see `folders`).
+the default ``pop3_uidl_format``) stay valid. Every pass, the first included,
+is ``sync -1 -R``, which keeps mail that only the new side has (delivered there
+after the MX switch; see `dsync_command` for why never ``backup``). After each
+pass the flags are compared per message and corrected on the new side (see
+`folders`).
 
 The history is the IMAP engine's: the start claims the lease with the plan from
 the old server's LIST and STATUS, each folder is recorded as a done
@@ -49,7 +50,7 @@ from mailmigrator.adapters.mail.copier import (
     folder_totals,
 )
 from mailmigrator.adapters.mail.servers import MailServers
-from mailmigrator.domain.checkpoints import FolderCopiedFields
+from mailmigrator.domain.checkpoints import FolderCheckpoint, FolderCopiedFields
 from mailmigrator.domain.errors import AccountBusy, LeaseLost
 from mailmigrator.domain.folders import FolderPlan, PlannedFolder, plan_folders, split_name
 from mailmigrator.domain.model import PlannedFolderFields
@@ -100,6 +101,13 @@ class _FolderOutcome:
     bytes: int
     flags_changed: int
 
+    def changes(self, checkpoint: FolderCheckpoint | None) -> bool:
+        """Whether this pass moved the folder past its recorded checkpoint (a new one is recorded only then)."""
+        return (checkpoint is None or not checkpoint.done or self.messages > 0
+                or (checkpoint.uidvalidity, checkpoint.highest_uid) != (self.source.uidvalidity, self.source.uidnext - 1)
+                or (checkpoint.target_uidvalidity, checkpoint.target_uidnext)
+                != (self.target.uidvalidity, self.target.uidnext))
+
 
 @dataclass
 class DsyncCopier:
@@ -135,9 +143,10 @@ class DsyncCopier:
         started = time.monotonic()
         try:
             async with self.source_limit.limiter:
-                outcomes = await self._pass(login, target_login, source_plan, target_plan, counters)
+                outcomes, checkpoints = await self._pass(login, target_login, source_plan, target_plan, counters)
             for outcome in outcomes:
-                await self._record_folder(login, outcome)
+                if outcome.changes(checkpoints.get(outcome.folder.source)):
+                    await self._record_folder(login, outcome)
                 counters.count(messages=outcome.messages, bytes=outcome.bytes)
             return await self._complete(login, len(outcomes), time.monotonic() - started, counters)
         except (AccountBusy, LeaseLost) as e:
@@ -151,14 +160,14 @@ class DsyncCopier:
             return AccountResult(login, ok=False, error=reason)
 
     async def _pass(self, login: str, target_login: str, source_plan: LoginPlan, target_plan: LoginPlan,
-                    counters: CopyProgress) -> list[_FolderOutcome]:
+                    counters: CopyProgress) -> tuple[list[_FolderOutcome], dict[str, FolderCheckpoint]]:
         account = await self._store(lambda: self.recorder.account(login))
         survey = await self._blocking("planning", lambda: self._survey(source_plan, target_plan))
         await self._record_start(login, survey, counters)
-        # `backup` makes the new side equal to the old: only while the new side has nothing of its own.
-        first_pass = not account.folders and not any(survey.target_before.values())
-        await self._dsync(login, target_login, survey, first_pass, source_plan.credentials.password)
-        return await self._blocking("comparing flags", lambda: self._settle(login, source_plan, target_plan, survey))
+        await self._dsync(login, target_login, survey, source_plan.credentials.password)
+        outcomes = await self._blocking("comparing flags",
+                                        lambda: self._settle(login, source_plan, target_plan, survey))
+        return outcomes, dict(account.folders)
 
     async def _blocking(self, what: str, step: Callable[[], T]) -> T:
         """A step on both servers in a worker thread; a failure becomes `AccountCopyFailed` naming `what`."""
@@ -202,24 +211,22 @@ class DsyncCopier:
             lease_seconds=self.settings.lease_seconds, engine=ENGINE))
         counters.count(total_messages=total_messages, total_bytes=total_bytes)
 
-    async def _dsync(self, login: str, target_login: str, survey: _Survey, first_pass: bool, secret: str) -> None:
+    async def _dsync(self, login: str, target_login: str, survey: _Survey, secret: str) -> None:
         """Run dsync until it reports no change left (bounded); `AccountCopyFailed` with doveadm's reason."""
         s = self.settings
         with private_config(s.doveadm_config, survey.imapc) as config:
             for run in range(1, s.runs + 1):
-                backup = first_pass and run == 1
-                command = dsync_command(s.doveadm, config, target_login, first_pass=backup,
-                                        exclude=survey.excluded_targets)
+                command = dsync_command(s.doveadm, config, target_login, survey.excluded_targets)
                 began = time.monotonic()
                 status, stderr = await run_doveadm(command, s.timeout)
-                log.info("dsync ran", login=login, mode="backup" if backup else "sync -1", exit_status=status,
+                log.info("dsync ran", login=login, run=run, exit_status=status,
                          seconds=round(time.monotonic() - began, 3))
                 if status == 0:
                     return
                 if status != EXIT_RUN_AGAIN:
                     retryable = status in RETRYABLE_EXITS or status < 0
-                    raise AccountCopyFailed(f"doveadm {'backup' if backup else 'sync'} (exit {status}): "
-                                            f"{failure_line(stderr, secret)}", retryable=retryable)
+                    raise AccountCopyFailed(f"doveadm sync (exit {status}): {failure_line(stderr, secret)}",
+                                            retryable=retryable)
         raise AccountCopyFailed(f"doveadm sync: still changing after {s.runs} runs", retryable=True)
 
     def _settle(self, login: str, source_plan: LoginPlan, target_plan: LoginPlan,
@@ -237,10 +244,11 @@ class DsyncCopier:
                 changed, modseq = copy_flags(source.client, target.client, folder.source, folder.target, since)
                 if modseq:
                     self.modseqs[key] = (before.uidvalidity, modseq)
-                added = folder_uids(target.client, folder.target) - survey.target_before.get(folder.target, set())
+                late = _late_uids(survey.target_before.get(folder.target, set()),
+                                  folder_uids(target.client, folder.target), folder_uids(source.client, folder.source))
                 outcomes.append(_FolderOutcome(
                     folder, folder_status(source.client, folder.source), folder_status(target.client, folder.target),
-                    len(added), sizes_of(target.client, folder.target, added), changed))
+                    len(late), sizes_of(target.client, folder.target, late), changed))
             return outcomes
         finally:
             source.close()
@@ -269,6 +277,18 @@ class DsyncCopier:
             return AccountResult(login, ok=False, error=str(e), busy=True)
         counters.count(accounts_done=1)
         return AccountResult(login, True, messages, size, 0, folders)
+
+
+def _late_uids(before: set[int], after: set[int], source: set[int]) -> list[int]:
+    """The new side's UIDs of the messages this pass brought from the old side.
+
+    dsync renumbers a message that only the new side has when the old side's next message claims its UID (both
+    get new UIDs above): such a UID is gone from the new side but held on the old, and its new UID is not a late
+    message. Of the added UIDs the highest are taken, so the byte count is close when that happened.
+    """
+    added = sorted(after - before)
+    renumbered = len((before - after) & source)
+    return added[renumbered:]
 
 
 def _uses_tls(client: IMAPClient) -> bool:

@@ -107,13 +107,17 @@ def _write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-def dsync_command(doveadm: str, config: Path, target_login: str, *, first_pass: bool,
-                  exclude: Sequence[str] = ()) -> list[str]:
-    """The doveadm command line: `backup` makes the new side equal to the old (only while the new side has no mail
-    of its own), `sync -1` copies one way and keeps what only the new side has."""
-    mode = ["backup", "-R"] if first_pass else ["sync", "-1", "-R"]
+def dsync_command(doveadm: str, config: Path, target_login: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The doveadm command line: a one-way pull (`sync -1 -R`) from the old server into `target_login`'s mailbox.
+
+    One-way sync keeps what only the new side has (mail delivered there after the MX switch) and, into a folder
+    that is new or still empty on the new side, writes the old UIDVALIDITY and UIDs. `backup -R` is never used:
+    it makes the new side equal to the old (removing the new side's own mail), and with Dovecot 2.3 it fails
+    outright once the new INBOX exists with a UIDVALIDITY of its own ("INBOX can't be deleted"), which it does
+    as soon as anyone (the master login included) has opened it.
+    """
     excluded = [arg for name in exclude for arg in ("-x", name)]
-    return [doveadm, "-c", str(config), *mode, *excluded, "-u", target_login, "imapc:"]
+    return [doveadm, "-c", str(config), "sync", "-1", "-R", *excluded, "-u", target_login, "imapc:"]
 
 
 def failure_line(stderr: str, secret: str) -> str:

@@ -54,8 +54,11 @@ def sizes_of(client: IMAPClient, name: str, uids: Iterable[int]) -> int:
 
 
 def _flags(client: IMAPClient, changed_since: int = 0) -> dict[int, frozenset[bytes]]:
+    uids = client.search("ALL")
+    if not uids:
+        return {}
     modifiers = [f"CHANGEDSINCE {changed_since}"] if changed_since else None
-    fetched = client.fetch("1:*", ["FLAGS"], modifiers=modifiers)
+    fetched = client.fetch(uids, ["FLAGS"], modifiers=modifiers)
     return {uid: frozenset(f for f in items.get(b"FLAGS", ()) if f.lower() not in SESSION_FLAGS)
             for uid, items in fetched.items()}
 

@@ -1,0 +1,176 @@
+"""The Dovecot engine (doveadm dsync over imapc) against the real Dovecot pair: identity, later passes, secrets."""
+
+from __future__ import annotations
+
+import json
+import poplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+import testbed
+from copy_testbed import new_user, run_cli, started, write_config
+from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, private_config
+from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
+from mailmigrator.domain.credentials import Credentials
+
+pytestmark = pytest.mark.dovecot
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[testbed.DovecotServer, testbed.DovecotServer]]:
+    """An old server ("." separator, "INBOX." prefix) and a new one ("/", no prefix) with POP3 on both."""
+    base = tmp_path_factory.mktemp("dsync-pair")
+    ca = trustme.CA()
+    with started(testbed.make_old_server(base / "old", ca)) as old, \
+            started(testbed.make_new_server(base / "new", ca, pop3=True)) as new:
+        yield old, new
+
+
+def dovecot_config(directory: Path, old: testbed.DovecotServer, new: testbed.DovecotServer, engine: str = "dovecot",
+                   doveadm_config: Path | None = None) -> Path:
+    # The test bed's Dovecot chroots its mail processes, where the TLS module cannot be loaded: imapc speaks plain.
+    path = write_config(directory, old, new, tls="disable")
+    keys = f'engine = "{engine}"\n' + (f'doveadm_config = "{doveadm_config}"\n' if doveadm_config else "")
+    path.write_text(path.read_text().replace("[target]\n", "[target]\n" + keys, 1))
+    return path
+
+
+def identities(server: testbed.DovecotServer, login: str, prefix: str, separator: str) -> dict[str, tuple[int, list[int]]]:
+    """Every selectable folder by its path below the prefix ("/"-joined): its UIDVALIDITY and UID list."""
+    out = {}
+    with server.imap(login) as client:
+        for flags, _, name in client.list_folders():
+            if b"\\Noselect" in flags or b"\\NonExistent" in flags:
+                continue
+            path = name if name == "INBOX" else name.removeprefix(prefix).replace(separator, "/")
+            uidvalidity = client.folder_status(name, [b"UIDVALIDITY"])[b"UIDVALIDITY"]
+            client.select_folder(name, readonly=True)
+            out[path] = (int(uidvalidity), sorted(client.search("ALL")))
+    return out
+
+
+def uidls(server: testbed.DovecotServer, port: int | None, user: str, password: str) -> list[bytes]:
+    assert port is not None
+    pop = poplib.POP3("127.0.0.1", port, timeout=10)
+    try:
+        pop.user(user)
+        pop.pass_(password)
+        return [line.split()[1] for line in pop.uidl()[1]]
+    finally:
+        pop.quit()
+
+
+def migrate(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, config: Path, login: str,
+            password: str) -> tuple[int, str, str]:
+    return run_cli(capsys, monkeypatch, password + "\n", "--config", str(config), "migrate", "--user", login,
+                   "--password-stdin")
+
+
+def test_every_folder_keeps_its_uidvalidity_and_uids_and_pop3_uidls_stay(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = pair
+    login, password = new_user(old, new)
+    testbed.seed_standard_mailbox(old, login)
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(6)])
+    with old.imap(login) as client:  # gaps in the UIDs
+        client.select_folder("INBOX")
+        uids = client.search("ALL")
+        client.delete_messages([uids[1], uids[3]])
+        client.expunge()
+    config = dovecot_config(tmp_path, old, new, doveadm_config=new.config_path)
+
+    code, out, err = migrate(capsys, monkeypatch, config, login, password)
+    assert code == 0, out + err
+
+    before, after = identities(old, login, "INBOX.", "."), identities(new, login, "", "/")
+    assert set(after) == set(before)
+    for folder, identity in before.items():
+        assert after[folder] == identity, folder
+    master = f"{login}{testbed.MASTER_SEPARATOR}"
+    assert uidls(new, new.pop3_port, master + (new.master_user or ""), new.master_password or "") == \
+        uidls(old, old.pop3_port, login, password)
+
+    code, out, err = run_cli(capsys, monkeypatch, password + "\n", "--config", str(config), "verify", login,
+                             "--password-stdin")
+    assert code == 0, out + err
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login, "--json")
+    assert json.loads(out)["engine"] == "dovecot"
+    assert "identity kept" in json.loads(out)["identity"]
+
+
+def test_later_passes_keep_new_side_mail_and_carry_flags_and_expunges(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = pair
+    login, password = new_user(old, new)
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(4)])
+    config = dovecot_config(tmp_path, old, new, doveadm_config=new.config_path)
+    code, out, err = migrate(capsys, monkeypatch, config, login, password)
+    assert code == 0, out + err
+
+    testbed.seed_bulk(new, login, "INBOX", [testbed.make_message(f"{login}-delivered-to-new")])
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-late")])
+    with old.imap(login) as client:
+        client.select_folder("INBOX")
+        uids = client.search("ALL")
+        client.add_flags([uids[0]], [b"\\Flagged"])
+        client.delete_messages([uids[1]])
+        client.expunge()
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "finish")
+    assert code == 0, out + err
+    assert "1 late message(s) copied" in out, out
+
+    with new.imap(login) as client:
+        client.select_folder("INBOX", readonly=True)
+        fetched = client.fetch(client.search("ALL"), ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    subjects = [bytes(items[b"BODY[HEADER.FIELDS (SUBJECT)]"]) for items in fetched.values()]
+    assert sum(b"delivered-to-new" in s for s in subjects) == 1
+    assert sum(b"-late" in s for s in subjects) == 1
+    assert uids[1] not in fetched
+    assert b"\\Flagged" in fetched[uids[0]][b"FLAGS"]
+    names = [e["event"] for e in json.loads(run_cli(capsys, monkeypatch, "", "--config", str(config),
+                                                    "history", login, "--json")[1])]
+    assert "FinishSwept" in names
+
+
+def test_the_password_is_in_no_process_argument_and_the_private_config_is_gone(tmp_path: Path) -> None:
+    secret = "pa ss\"w%rd$"
+    login = ImapcLogin(ServerAddress("127.0.0.1", 143, "disable"), LoginPlan("u@example.com", Credentials("u@example.com", secret)))
+    base = tmp_path / "dovecot.conf"
+    base.write_text("")
+    with private_config(base, login) as config:
+        command = dsync_command("doveadm", config, "u@example.com")
+        assert not any(secret in arg for arg in command)
+        assert (config.stat().st_mode & 0o777) == 0o600
+        assert (config.parent.stat().st_mode & 0o777) == 0o700
+        text = config.read_text()
+        assert secret not in text and f"!include {base}" in text
+        password_file = next(p for p in config.parent.iterdir() if p != config)
+        assert password_file.read_text() == secret and (password_file.stat().st_mode & 0o777) == 0o600
+    assert not config.parent.exists()
+
+
+def test_engine_dovecot_without_doveadm_is_a_one_line_error_and_auto_without_config_is_imap(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = pair
+    login, password = new_user(old, new)
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-1")])
+    config = dovecot_config(tmp_path, old, new, engine="auto")
+    code, out, err = migrate(capsys, monkeypatch, config, login, password)
+    assert code == 0, out + err
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login, "--json")
+    assert json.loads(out)["engine"] == "imap"
+
+    config = dovecot_config(tmp_path, old, new, engine="dovecot", doveadm_config=new.config_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, out, err = migrate(capsys, monkeypatch, config, login, password)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "needs doveadm on PATH" in err
