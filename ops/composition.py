@@ -152,7 +152,7 @@ def account_copier(config: Config, recorder: CopyRecorder, servers: MailServers,
                    progress: CopyProgress | None = None) -> AccountCopier | DsyncCopier:
     """The engine `[target] engine` chooses: dsync keeps the old UIDs and UIDVALIDITY, the IMAP engine appends."""
     target = require_target(config)
-    if copy_engine_choice(target) == "imap":
+    if copy_engine_choice(target, config.source) == "imap":
         return AccountCopier(servers, copy_engine(config, recorder, servers, limit, progress))
     m = config.migration
     warn_unverified(servers.source.address, "[source]")

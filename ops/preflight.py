@@ -14,18 +14,23 @@ import ssl
 from pathlib import Path
 
 from mailmigrator.adapters.store.event_store import read_key_file
-from mailmigrator.ops.config import Config, ConfigError, TargetConfig, read_secret_file
+from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 
 # doveadm's own default when no doveadm_config is given.
 DOVEADM_DEFAULT_CONFIG = Path("/etc/dovecot/dovecot.conf")
 
 
-def copy_engine_choice(target: TargetConfig) -> str:
-    """"dovecot" or "imap" as `[target] engine` says; "auto" is dovecot when doveadm_config is set and doveadm is
-    on PATH. `ConfigError` when the Dovecot engine is chosen but doveadm or its config cannot be used."""
+def copy_engine_choice(target: TargetConfig, source: SourceConfig | None) -> str:
+    """"dovecot" or "imap" as `[target] engine` says; "auto" is dovecot when doveadm_config is set, doveadm is
+    on PATH and the old server speaks IMAP. `ConfigError` when the Dovecot engine is chosen but cannot run."""
     doveadm = shutil.which("doveadm")
-    if target.engine == "imap" or (target.engine == "auto" and (target.doveadm_config is None or doveadm is None)):
+    pop3_only = source is not None and source.protocol == "pop3"
+    if target.engine == "imap" or (target.engine == "auto"
+                                   and (target.doveadm_config is None or doveadm is None or pop3_only)):
         return "imap"
+    if pop3_only:
+        raise ConfigError('[target] engine = "dovecot" pulls over IMAP; [source] protocol = "pop3" needs '
+                          'engine = "imap"')
     if doveadm is None:
         raise ConfigError('[target] engine = "dovecot" needs doveadm on PATH (Debian: dovecot-core) on the new '
                           'server\'s host; install it there or set engine = "imap"')
@@ -54,7 +59,7 @@ def check_before_listening(config: Config) -> None:
             _writable_directory(target.passwd_file, "[target] passwd_file")
         if target.alias_map is not None:
             _writable_directory(target.alias_map, "[target] alias_map")
-        copy_engine_choice(target)
+        copy_engine_choice(target, source)
     _certificate(proxy.tls_cert, proxy.tls_key, "[proxy]")
     _certificate(admin.tls_cert, admin.tls_key, "[admin]")
     if admin.password_file is not None and admin.listen:

@@ -244,7 +244,7 @@ class DsyncCopier:
                 changed, modseq = copy_flags(source.client, target.client, folder.source, folder.target, since)
                 if modseq:
                     self.modseqs[key] = (before.uidvalidity, modseq)
-                late = _late_uids(survey.target_before.get(folder.target, set()),
+                late = late_uids(survey.target_before.get(folder.target, set()),
                                   folder_uids(target.client, folder.target), folder_uids(source.client, folder.source))
                 outcomes.append(_FolderOutcome(
                     folder, folder_status(source.client, folder.source), folder_status(target.client, folder.target),
@@ -279,7 +279,7 @@ class DsyncCopier:
         return AccountResult(login, True, messages, size, 0, folders)
 
 
-def _late_uids(before: set[int], after: set[int], source: set[int]) -> list[int]:
+def late_uids(before: set[int], after: set[int], source: set[int]) -> list[int]:
     """The new side's UIDs of the messages this pass brought from the old side.
 
     dsync renumbers a message that only the new side has when the old side's next message claims its UID (both
