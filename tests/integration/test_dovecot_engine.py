@@ -6,8 +6,10 @@ import json
 import poplib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 import trustme
 
 import testbed
@@ -83,9 +85,19 @@ def test_every_folder_keeps_its_uidvalidity_and_uids_and_pop3_uidls_stay(
         client.delete_messages([uids[1], uids[3]])
         client.expunge()
     config = dovecot_config(tmp_path, old, new, doveadm_config=new.config_path)
+    commands: list[list[str]] = []
+    run_process = trio.run_process
+
+    async def recording(command: list[str], **options: Any) -> Any:
+        commands.append(list(command))
+        return await run_process(command, **options)
+
+    monkeypatch.setattr(trio, "run_process", recording)
 
     code, out, err = migrate(capsys, monkeypatch, config, login, password)
     assert code == 0, out + err
+    assert commands and all(password not in " ".join(c) for c in commands)
+    assert all(c[3:6] == ["sync", "-1", "-R"] and not Path(c[2]).exists() for c in commands)  # private config gone
 
     before, after = identities(old, login, "INBOX.", "."), identities(new, login, "", "/")
     assert set(after) == set(before)
