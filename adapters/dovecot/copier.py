@@ -164,10 +164,21 @@ class DsyncCopier:
         account = await self._store(lambda: self.recorder.account(login))
         survey = await self._blocking("planning", lambda: self._survey(source_plan, target_plan))
         await self._record_start(login, survey, counters)
-        await self._dsync(login, target_login, survey, source_plan.credentials.password)
+        checkpoints = dict(account.folders)
+        lease = _LeaseKeeper(self, login, survey, checkpoints)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lease.renew_while_running, nursery.cancel_scope)
+            try:
+                await self._dsync(login, target_login, survey, source_plan.credentials.password)
+            finally:
+                nursery.cancel_scope.cancel()
+        if lease.lost is not None:
+            raise lease.lost
+        for name in lease.renewed:
+            checkpoints.pop(name, None)  # its last record says "not done": recorded again below
         outcomes = await self._blocking("comparing flags",
                                         lambda: self._settle(login, source_plan, target_plan, survey))
-        return outcomes, dict(account.folders)
+        return outcomes, checkpoints
 
     async def _blocking(self, what: str, step: Callable[[], T]) -> T:
         """A step on both servers in a worker thread; a failure becomes `AccountCopyFailed` naming `what`."""
@@ -277,6 +288,49 @@ class DsyncCopier:
             return AccountResult(login, ok=False, error=str(e), busy=True)
         counters.count(accounts_done=1)
         return AccountResult(login, True, messages, size, 0, folders)
+
+
+class _LeaseKeeper:
+    """Renews the node's lease on the account while doveadm runs (the IMAP engine renews with each checkpoint).
+
+    A renewal re-records the largest folder's checkpoint as not done, with nothing added; that folder is
+    recorded again when the pass ends. `lost`: another node took the account over meanwhile.
+    """
+
+    def __init__(self, copier: DsyncCopier, login: str, survey: _Survey,
+                 checkpoints: dict[str, FolderCheckpoint]) -> None:
+        self.copier = copier
+        self.login = login
+        self.survey = survey
+        self.checkpoints = checkpoints
+        self.renewed: set[str] = set()
+        self.lost: LeaseLost | None = None
+
+    async def renew_while_running(self, run: trio.CancelScope) -> None:
+        """Renew every third of the lease until cancelled; on `LeaseLost` stop the run (`run` cancelled)."""
+        folders = sorted(self.survey.selectable, key=lambda f: -self.survey.counts.get(f.source, (0, 0))[1])
+        if not folders:
+            return
+        folder = folders[0]
+        held = self.checkpoints.get(folder.source)
+        copied: FolderCopiedFields = {
+            "source_folder": folder.source, "target_folder": folder.target,
+            "uidvalidity": held.uidvalidity if held else 0, "highest_uid": held.highest_uid if held else 0,
+            "messages": 0, "bytes": 0, "skipped": [], "done": False,
+            "target_uidvalidity": held.target_uidvalidity if held else 0,
+            "target_uidnext": held.target_uidnext if held else 0,
+            "last_uidl": "", "node": self.copier.settings.node,
+        }
+        while True:
+            await trio.sleep(self.copier.settings.lease_seconds / 3)
+            try:
+                await trio.to_thread.run_sync(lambda: self.copier.recorder.record_folder_copied(self.login, **copied),
+                                              limiter=self.copier.store_limiter)
+            except LeaseLost as e:
+                self.lost = e
+                run.cancel()
+                return
+            self.renewed.add(folder.source)
 
 
 def late_uids(before: set[int], after: set[int], source: set[int]) -> list[int]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import poplib
+import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,12 @@ import trustme
 
 import testbed
 from copy_testbed import new_user, run_cli, started, write_config
+from mailmigrator.adapters.dovecot.copier import DsyncCopier
 from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, private_config
 from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
 from mailmigrator.domain.credentials import Credentials
+from mailmigrator.ops.composition import build_migration, open_store
+from mailmigrator.ops.config import load_config
 
 pytestmark = pytest.mark.dovecot
 
@@ -113,6 +118,11 @@ def test_every_folder_keeps_its_uidvalidity_and_uids_and_pop3_uidls_stay(
     code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login, "--json")
     assert json.loads(out)["engine"] == "dovecot"
     assert "identity kept" in json.loads(out)["identity"]
+    shown = out
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "replay")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "show", login, "--json")
+    assert json.loads(out) == json.loads(shown)  # the history replays to the same view
 
 
 def test_later_passes_keep_new_side_mail_and_carry_flags_and_expunges(
@@ -186,3 +196,33 @@ def test_engine_dovecot_without_doveadm_is_a_one_line_error_and_auto_without_con
     code, out, err = migrate(capsys, monkeypatch, config, login, password)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "needs doveadm on PATH" in err
+
+
+async def test_a_long_dsync_run_renews_the_lease_and_ends_with_every_folder_done(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+) -> None:
+    old, new = pair
+    login, password = await trio.to_thread.run_sync(new_user, old, new)
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(3)])
+    slow = tmp_path / "slow-doveadm"
+    slow.write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('doveadm')} \"$@\"\n")
+    slow.chmod(0o755)
+    config = load_config(dovecot_config(tmp_path, old, new, doveadm_config=new.config_path))
+    wired = open_store(config, create=True)
+    assert wired is not None
+    try:
+        copier = build_migration(config, wired.app).migrate.copier
+        assert isinstance(copier, DsyncCopier)
+        copier.settings = replace(copier.settings, doveadm=str(slow), lease_seconds=0.9)
+        app = wired.app
+        app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
+        app.record_password_verified(login, "imap-login")
+        app.record_account_created(login, login, [], "passwd-file")
+        result = await copier.copy(login, login, password, login)
+        assert result.ok, result.error
+        copied = [e for e in app.history(login) if type(e).__name__ == "FolderCopied" and e.source_folder == "INBOX"]
+        assert [e.done for e in copied][0] is False and copied[-1].done  # renewed while running, then done
+        assert all(f.done for f in app.account(login).folders.values())
+        assert app.account(login).folders["INBOX"].messages == 3
+    finally:
+        wired.close()
