@@ -115,12 +115,19 @@ class AccountMigration(Aggregate):
         target_uidnext: int
         last_uidl: str
         node: str
+        # The source folder's HIGHESTMODSEQ when the target's flags last matched it (the Dovecot engine; 0: none).
+        highest_modseq: int
 
-        class_version = 2
+        # v2 had no highest_modseq: it came with the Dovecot engine.
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, object]) -> None:
+            state["highest_modseq"] = 0
 
     class MigrationCompleted(Aggregate.Event):
         messages: int
@@ -292,6 +299,7 @@ class AccountMigration(Aggregate):
         target_uidnext: int = 0,
         last_uidl: str = "",
         node: str = "",
+        highest_modseq: int = 0,
     ) -> None:
         if node != self.node:
             raise LeaseLost(self.login, node, self.node)
@@ -307,6 +315,7 @@ class AccountMigration(Aggregate):
             target_uidvalidity=target_uidvalidity,
             target_uidnext=target_uidnext,
             last_uidl=last_uidl,
+            highest_modseq=highest_modseq,
         )
         advance(self.folders, source_folder, later)
 

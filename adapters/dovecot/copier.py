@@ -100,11 +100,14 @@ class _FolderOutcome:
     messages: int
     bytes: int
     flags_changed: int
+    # The old folder's HIGHESTMODSEQ read before its flags (0 without CONDSTORE).
+    highest_modseq: int
 
     def changes(self, checkpoint: FolderCheckpoint | None) -> bool:
         """Whether this pass moved the folder past its recorded checkpoint (a new one is recorded only then)."""
         return (checkpoint is None or not checkpoint.done or self.messages > 0
-                or (checkpoint.uidvalidity, checkpoint.highest_uid) != (self.source.uidvalidity, self.source.uidnext - 1)
+                or (checkpoint.uidvalidity, checkpoint.highest_uid, checkpoint.highest_modseq)
+                != (self.source.uidvalidity, self.source.uidnext - 1, self.highest_modseq)
                 or (checkpoint.target_uidvalidity, checkpoint.target_uidnext)
                 != (self.target.uidvalidity, self.target.uidnext))
 
@@ -118,8 +121,6 @@ class DsyncCopier:
     source_limit: AdaptiveLimit
     settings: DsyncSettings
     progress: CopyProgress = field(default_factory=CopyProgress)
-    # Per (login, old folder): (UIDVALIDITY, HIGHESTMODSEQ) when the flags last agreed, for CHANGEDSINCE.
-    modseqs: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
 
     engine = ENGINE
@@ -174,11 +175,10 @@ class DsyncCopier:
                 nursery.cancel_scope.cancel()
         if lease.lost is not None:
             raise lease.lost
-        for name in lease.renewed:
-            checkpoints.pop(name, None)  # its last record says "not done": recorded again below
         outcomes = await self._blocking("comparing flags",
-                                        lambda: self._settle(login, source_plan, target_plan, survey))
-        return outcomes, checkpoints
+                                        lambda: self._settle(source_plan, target_plan, survey, checkpoints))
+        # A folder whose lease renewal was the last record says "not done": it is recorded again.
+        return outcomes, {name: cp for name, cp in checkpoints.items() if name not in lease.renewed}
 
     async def _blocking(self, what: str, step: Callable[[], T]) -> T:
         """A step on both servers in a worker thread; a failure becomes `AccountCopyFailed` naming `what`."""
@@ -240,26 +240,29 @@ class DsyncCopier:
                                             retryable=retryable)
         raise AccountCopyFailed(f"doveadm sync: still changing after {s.runs} runs", retryable=True)
 
-    def _settle(self, login: str, source_plan: LoginPlan, target_plan: LoginPlan,
-                survey: _Survey) -> list[_FolderOutcome]:
-        """Correct the flags, then read each folder's STATUS on both sides and what this pass added."""
+    def _settle(self, source_plan: LoginPlan, target_plan: LoginPlan, survey: _Survey,
+                checkpoints: dict[str, FolderCheckpoint]) -> list[_FolderOutcome]:
+        """Correct the flags, then read each folder's STATUS on both sides and what this pass added.
+
+        The flags of a folder whose checkpoint holds a HIGHESTMODSEQ of the same folders on both sides are read
+        only for messages changed on the old side since; a flag changed on the new side alone stays so.
+        """
         source = ImapSource(self.servers.source.address, source_plan)
         target = self.servers.open_target(target_plan)
         try:
             outcomes = []
             for folder in survey.selectable:
-                key = (login, folder.source)
-                before = folder_status(source.client, folder.source)
-                remembered = self.modseqs.get(key)
-                since = remembered[1] if remembered and remembered[0] == before.uidvalidity else 0
+                held = checkpoints.get(folder.source)
+                old_now, new_now = folder_status(source.client, folder.source), folder_status(target.client, folder.target)
+                same = held is not None and (held.uidvalidity, held.target_uidvalidity) == (old_now.uidvalidity,
+                                                                                           new_now.uidvalidity)
+                since = held.highest_modseq if held is not None and same else 0
                 changed, modseq = copy_flags(source.client, target.client, folder.source, folder.target, since)
-                if modseq:
-                    self.modseqs[key] = (before.uidvalidity, modseq)
                 late = late_uids(survey.target_before.get(folder.target, set()),
-                                  folder_uids(target.client, folder.target), folder_uids(source.client, folder.source))
+                                 folder_uids(target.client, folder.target), folder_uids(source.client, folder.source))
                 outcomes.append(_FolderOutcome(
                     folder, folder_status(source.client, folder.source), folder_status(target.client, folder.target),
-                    len(late), sizes_of(target.client, folder.target, late), changed))
+                    len(late), sizes_of(target.client, folder.target, late), changed, modseq))
             return outcomes
         finally:
             source.close()
@@ -271,7 +274,7 @@ class DsyncCopier:
             "uidvalidity": outcome.source.uidvalidity, "highest_uid": max(outcome.source.uidnext - 1, 0),
             "messages": outcome.messages, "bytes": outcome.bytes, "skipped": [], "done": True,
             "target_uidvalidity": outcome.target.uidvalidity, "target_uidnext": outcome.target.uidnext,
-            "last_uidl": "", "node": self.settings.node,
+            "last_uidl": "", "node": self.settings.node, "highest_modseq": outcome.highest_modseq,
         }
         if outcome.flags_changed:
             log.info("flags corrected", login=login, folder=outcome.folder.source, messages=outcome.flags_changed)
@@ -320,6 +323,7 @@ class _LeaseKeeper:
             "target_uidvalidity": held.target_uidvalidity if held else 0,
             "target_uidnext": held.target_uidnext if held else 0,
             "last_uidl": "", "node": self.copier.settings.node,
+            "highest_modseq": held.highest_modseq if held else 0,
         }
         while True:
             await trio.sleep(self.copier.settings.lease_seconds / 3)

@@ -19,6 +19,7 @@ from copy_testbed import new_user, run_cli, started, write_config
 from mailmigrator.adapters.dovecot.copier import DsyncCopier
 from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, private_config
 from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
+from mailmigrator.adapters.mail.sweep import SweepRecorder
 from mailmigrator.domain.credentials import Credentials
 from mailmigrator.ops.composition import build_migration, open_store
 from mailmigrator.ops.config import load_config
@@ -147,6 +148,7 @@ def test_later_passes_keep_new_side_mail_and_carry_flags_and_expunges(
     code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "finish")
     assert code == 0, out + err
     assert "1 late message(s) copied" in out, out
+    assert '"flags corrected"' in err  # dsync's one-way sync left the new flag out; the delta set it
 
     with new.imap(login) as client:
         client.select_folder("INBOX", readonly=True)
@@ -224,5 +226,43 @@ async def test_a_long_dsync_run_renews_the_lease_and_ends_with_every_folder_done
         assert [e.done for e in copied][0] is False and copied[-1].done  # renewed while running, then done
         assert all(f.done for f in app.account(login).folders.values())
         assert app.account(login).folders["INBOX"].messages == 3
+    finally:
+        wired.close()
+
+
+async def test_a_later_pass_carries_only_flags_changed_on_the_old_side_since_the_last_where_it_has_condstore(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+) -> None:
+    old, new = pair
+    login, password = await trio.to_thread.run_sync(new_user, old, new)
+    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(3)])
+    config = load_config(dovecot_config(tmp_path, old, new, doveadm_config=new.config_path))
+    wired = open_store(config, create=True)
+    assert wired is not None
+    try:
+        copier = build_migration(config, wired.app).migrate.copier
+        assert isinstance(copier, DsyncCopier)
+        app = wired.app
+        app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
+        app.record_password_verified(login, "imap-login")
+        app.record_account_created(login, login, [], "passwd-file")
+        assert (await copier.copy(login, login, password, login)).ok
+        assert app.account(login).folders["INBOX"].highest_modseq > 0
+        with old.imap(login) as client:
+            client.select_folder("INBOX")
+            first = client.search("ALL")[0]
+            client.add_flags([first], [b"$Important", b"\\Answered"])
+            second = client.search("ALL")[1]
+        with new.imap(login) as client:  # the user's own change on the new side, after the first pass
+            client.select_folder("INBOX")
+            client.add_flags([second], [b"\\Seen"])
+        recorder = SweepRecorder(app)
+        sweep = DsyncCopier(recorder, copier.servers, copier.source_limit, copier.settings)
+        assert (await sweep.copy(login, login, password, login)).ok
+        with new.imap(login) as client:
+            client.select_folder("INBOX", readonly=True)
+            flags = client.get_flags([first, second])
+        assert b"$Important" in flags[first] and b"\\Answered" in flags[first]
+        assert b"\\Seen" in flags[second]  # not changed on the old side since: left as the user set it
     finally:
         wired.close()
