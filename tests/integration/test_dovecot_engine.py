@@ -6,6 +6,7 @@ import json
 import poplib
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from mailmigrator.adapters.dovecot.copier import DsyncCopier
 from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, private_config
 from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
 from mailmigrator.adapters.mail.sweep import SweepRecorder
+from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.credentials import Credentials
 from mailmigrator.ops.composition import build_migration, open_store
 from mailmigrator.ops.config import load_config
@@ -200,34 +202,41 @@ def test_engine_dovecot_without_doveadm_is_a_one_line_error_and_auto_without_con
     assert len(err.strip().splitlines()) == 1 and "needs doveadm on PATH" in err
 
 
-async def test_a_long_dsync_run_renews_the_lease_and_ends_with_every_folder_done(
-    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
-) -> None:
-    old, new = pair
-    login, password = await trio.to_thread.run_sync(new_user, old, new)
+@contextmanager
+def created_account(tmp_path: Path, old: testbed.DovecotServer, new: testbed.DovecotServer,
+                    login: str) -> Iterator[tuple[MigrationService, DsyncCopier]]:
+    """The store and the configured Dovecot engine, with `login` recorded as created on the new server."""
     testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(3)])
-    slow = tmp_path / "slow-doveadm"
-    slow.write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('doveadm')} \"$@\"\n")
-    slow.chmod(0o755)
     config = load_config(dovecot_config(tmp_path, old, new, doveadm_config=new.config_path))
     wired = open_store(config, create=True)
     assert wired is not None
     try:
         copier = build_migration(config, wired.app).migrate.copier
         assert isinstance(copier, DsyncCopier)
+        wired.app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
+        wired.app.record_password_verified(login, "imap-login")
+        wired.app.record_account_created(login, login, [], "passwd-file")
+        yield wired.app, copier
+    finally:
+        wired.close()
+
+
+async def test_a_long_dsync_run_renews_the_lease_and_ends_with_every_folder_done(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+) -> None:
+    old, new = pair
+    login, password = await trio.to_thread.run_sync(new_user, old, new)
+    slow = tmp_path / "slow-doveadm"
+    slow.write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('doveadm')} \"$@\"\n")
+    slow.chmod(0o755)
+    with created_account(tmp_path, old, new, login) as (app, copier):
         copier.settings = replace(copier.settings, doveadm=str(slow), lease_seconds=0.9)
-        app = wired.app
-        app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
-        app.record_password_verified(login, "imap-login")
-        app.record_account_created(login, login, [], "passwd-file")
         result = await copier.copy(login, login, password, login)
         assert result.ok, result.error
         copied = [e for e in app.history(login) if type(e).__name__ == "FolderCopied" and e.source_folder == "INBOX"]
         assert [e.done for e in copied][0] is False and copied[-1].done  # renewed while running, then done
         assert all(f.done for f in app.account(login).folders.values())
         assert app.account(login).folders["INBOX"].messages == 3
-    finally:
-        wired.close()
 
 
 async def test_a_later_pass_carries_only_flags_changed_on_the_old_side_since_the_last_where_it_has_condstore(
@@ -235,17 +244,7 @@ async def test_a_later_pass_carries_only_flags_changed_on_the_old_side_since_the
 ) -> None:
     old, new = pair
     login, password = await trio.to_thread.run_sync(new_user, old, new)
-    testbed.seed_bulk(old, login, "INBOX", [testbed.make_message(f"{login}-{i}") for i in range(3)])
-    config = load_config(dovecot_config(tmp_path, old, new, doveadm_config=new.config_path))
-    wired = open_store(config, create=True)
-    assert wired is not None
-    try:
-        copier = build_migration(config, wired.app).migrate.copier
-        assert isinstance(copier, DsyncCopier)
-        app = wired.app
-        app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
-        app.record_password_verified(login, "imap-login")
-        app.record_account_created(login, login, [], "passwd-file")
+    with created_account(tmp_path, old, new, login) as (app, copier):
         assert (await copier.copy(login, login, password, login)).ok
         assert app.account(login).folders["INBOX"].highest_modseq > 0
         with old.imap(login) as client:
@@ -264,5 +263,3 @@ async def test_a_later_pass_carries_only_flags_changed_on_the_old_side_since_the
             flags = client.get_flags([first, second])
         assert b"$Important" in flags[first] and b"\\Answered" in flags[first]
         assert b"\\Seen" in flags[second]  # not changed on the old side since: left as the user set it
-    finally:
-        wired.close()
