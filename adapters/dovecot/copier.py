@@ -123,8 +123,6 @@ class DsyncCopier:
     progress: CopyProgress = field(default_factory=CopyProgress)
     store_limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
 
-    engine = ENGINE
-
     async def _store(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self.store_limiter)
 
@@ -167,14 +165,19 @@ class DsyncCopier:
         await self._record_start(login, survey, counters)
         checkpoints = dict(account.folders)
         lease = _LeaseKeeper(self, login, survey, checkpoints)
+        failure: AccountCopyFailed | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lease.renew_while_running, nursery.cancel_scope)
             try:
                 await self._dsync(login, target_login, survey, source_plan.credentials.password)
+            except AccountCopyFailed as e:
+                failure = e  # raised below: out of the nursery it would come wrapped in an exception group
             finally:
                 nursery.cancel_scope.cancel()
         if lease.lost is not None:
             raise lease.lost
+        if failure is not None:
+            raise failure
         outcomes = await self._blocking("comparing flags",
                                         lambda: self._settle(source_plan, target_plan, survey, checkpoints))
         # A folder whose lease renewal was the last record says "not done": it is recorded again.
@@ -253,7 +256,8 @@ class DsyncCopier:
             outcomes = []
             for folder in survey.selectable:
                 held = checkpoints.get(folder.source)
-                old_now, new_now = folder_status(source.client, folder.source), folder_status(target.client, folder.target)
+                old_now = folder_status(source.client, folder.source)
+                new_now = folder_status(target.client, folder.target)
                 same = held is not None and (held.uidvalidity, held.target_uidvalidity) == (old_now.uidvalidity,
                                                                                            new_now.uidvalidity)
                 since = held.highest_modseq if held is not None and same else 0

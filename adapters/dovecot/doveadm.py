@@ -26,24 +26,12 @@ from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
 
 # doveadm's exit codes (sysexits.h): 2 is dsync's "changes happened meanwhile, run again".
 EXIT_RUN_AGAIN = 2
-EXIT_NO_USER = 67
+EXIT_UNAVAILABLE = 69
 EXIT_TEMPORARY = 75
 # Replies worth a later retry: the old or the new server could not answer now.
 RETRYABLE_EXITS = frozenset({EXIT_TEMPORARY})
 # imapc reads sizes from RFC822.SIZE and headers without the body where it can (as dsync's own guide does).
 IMAPC_FEATURES = "rfc822.size fetch-headers"
-
-
-class DsyncFailed(Exception):
-    """doveadm ended with an error; the message is one line without secrets."""
-
-    def __init__(self, reason: str, exit_status: int) -> None:
-        super().__init__(reason)
-        self.exit_status = exit_status
-
-    @property
-    def retryable(self) -> bool:
-        return self.exit_status in RETRYABLE_EXITS or self.exit_status < 0
 
 
 @dataclass(frozen=True)
@@ -133,8 +121,11 @@ def failure_line(stderr: str, secret: str) -> str:
 async def run_doveadm(command: Sequence[str], timeout: float) -> tuple[int, str]:
     """Run `command`; its exit status (-1 after `timeout` seconds, the process killed) and stderr."""
     with trio.move_on_after(timeout) as scope:
-        done = await trio.run_process(list(command), capture_stdout=True, capture_stderr=True, check=False,
-                                      stdin=subprocess.DEVNULL)
+        try:
+            done = await trio.run_process(list(command), capture_stdout=True, capture_stderr=True, check=False,
+                                          stdin=subprocess.DEVNULL)
+        except OSError as e:
+            return EXIT_UNAVAILABLE, f"doveadm: Error: cannot run {command[0]}: {e.strerror or type(e).__name__}"
         return done.returncode, done.stderr.decode("utf-8", "replace")
     assert scope.cancelled_caught
     return -1, f"doveadm: Error: no answer within {timeout:.0f} s"

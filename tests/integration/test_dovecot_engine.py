@@ -48,7 +48,8 @@ def dovecot_config(directory: Path, old: testbed.DovecotServer, new: testbed.Dov
     return path
 
 
-def identities(server: testbed.DovecotServer, login: str, prefix: str, separator: str) -> dict[str, tuple[int, list[int]]]:
+def identities(server: testbed.DovecotServer, login: str, prefix: str,
+               separator: str) -> dict[str, tuple[int, list[int]]]:
     """Every selectable folder by its path below the prefix ("/"-joined): its UIDVALIDITY and UID list."""
     out = {}
     with server.imap(login) as client:
@@ -167,7 +168,8 @@ def test_later_passes_keep_new_side_mail_and_carry_flags_and_expunges(
 
 def test_the_password_is_in_no_process_argument_and_the_private_config_is_gone(tmp_path: Path) -> None:
     secret = "pa ss\"w%rd$"
-    login = ImapcLogin(ServerAddress("127.0.0.1", 143, "disable"), LoginPlan("u@example.com", Credentials("u@example.com", secret)))
+    login = ImapcLogin(ServerAddress("127.0.0.1", 143, "disable"),
+                       LoginPlan("u@example.com", Credentials("u@example.com", secret)))
     base = tmp_path / "dovecot.conf"
     base.write_text("")
     with private_config(base, login) as config:
@@ -263,3 +265,22 @@ async def test_a_later_pass_carries_only_flags_changed_on_the_old_side_since_the
             flags = client.get_flags([first, second])
         assert b"$Important" in flags[first] and b"\\Answered" in flags[first]
         assert b"\\Seen" in flags[second]  # not changed on the old side since: left as the user set it
+
+
+@pytest.mark.parametrize(("exit_status", "retryable"), [(75, True), (67, False)])
+async def test_a_failed_dsync_is_recorded_with_doveadm_s_reason_and_whether_to_retry(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path, exit_status: int, retryable: bool,
+) -> None:
+    old, new = pair
+    login, password = await trio.to_thread.run_sync(new_user, old, new)
+    failing = tmp_path / "failing-doveadm"
+    failing.write_text(f"#!/bin/sh\necho 'dsync(u): Info: connecting' >&2\n"
+                       f"echo 'dsync(u): Error: imapc: it went wrong' >&2\nexit {exit_status}\n")
+    failing.chmod(0o755)
+    with created_account(tmp_path, old, new, login) as (app, copier):
+        copier.settings = replace(copier.settings, doveadm=str(failing))
+        result = await copier.copy(login, login, password, login)
+        assert not result.ok and not result.busy
+        assert result.error == f"doveadm sync (exit {exit_status}): dsync(u): Error: imapc: it went wrong"
+        failed = app.history(login)[-1]
+        assert type(failed).__name__ == "MigrationFailed" and failed.retryable is retryable
