@@ -13,11 +13,9 @@ import shutil
 import ssl
 from pathlib import Path
 
+from mailmigrator.adapters.dovecot.doveadm import DEFAULT_DOVEADM_CONFIG
 from mailmigrator.adapters.store.event_store import read_key_file
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
-
-# doveadm's own default when no doveadm_config is given.
-DOVEADM_DEFAULT_CONFIG = Path("/etc/dovecot/dovecot.conf")
 
 
 def copy_engine_choice(target: TargetConfig, source: SourceConfig | None) -> str:
@@ -34,7 +32,7 @@ def copy_engine_choice(target: TargetConfig, source: SourceConfig | None) -> str
     if doveadm is None:
         raise ConfigError('[target] engine = "dovecot" needs doveadm on PATH (Debian: dovecot-core) on the new '
                           'server\'s host; install it there or set engine = "imap"')
-    config = target.doveadm_config or DOVEADM_DEFAULT_CONFIG
+    config = target.doveadm_config or DEFAULT_DOVEADM_CONFIG
     if not os.access(config, os.R_OK) or not config.is_file():
         raise ConfigError(f"[target] doveadm_config {config} cannot be read by this user; name the new Dovecot's "
                           "config file (doveadm -c)")

@@ -30,6 +30,8 @@ EXIT_UNAVAILABLE = 69
 EXIT_TEMPORARY = 75
 # Replies worth a later retry: the old or the new server could not answer now.
 RETRYABLE_EXITS = frozenset({EXIT_TEMPORARY})
+# What doveadm reads without -c.
+DEFAULT_DOVEADM_CONFIG = Path("/etc/dovecot/dovecot.conf")
 # imapc reads sizes from RFC822.SIZE and headers without the body where it can (as dsync's own guide does).
 IMAPC_FEATURES = "rfc822.size fetch-headers"
 
@@ -77,7 +79,7 @@ def _literal(value: str) -> str:
 @contextmanager
 def private_config(doveadm_config: Path | None, login: ImapcLogin) -> Iterator[Path]:
     """A config file that includes `doveadm_config` (doveadm's default when None) and adds `login`'s imapc_* lines."""
-    base = doveadm_config or Path("/etc/dovecot/dovecot.conf")
+    base = doveadm_config or DEFAULT_DOVEADM_CONFIG
     directory = Path(tempfile.mkdtemp(prefix="mailmigrator-dsync-"))  # mode 0700
     try:
         password = directory / "imapc.password"
