@@ -9,11 +9,10 @@ with one line naming the key and what to do.
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 from pathlib import Path
 
-from mailmigrator.adapters.dovecot.doveadm import DEFAULT_DOVEADM_CONFIG
+from mailmigrator.adapters.dovecot.doveadm import DEFAULT_DOVEADM_CONFIG, find_doveadm
 from mailmigrator.adapters.store.event_store import read_key_file
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 
@@ -21,7 +20,7 @@ from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetCon
 def copy_engine_choice(target: TargetConfig, source: SourceConfig | None) -> str:
     """"dovecot" or "imap" as `[target] engine` says; "auto" is dovecot when doveadm_config is set, doveadm is
     on PATH and the old server speaks IMAP. `ConfigError` when the Dovecot engine is chosen but cannot run."""
-    doveadm = shutil.which("doveadm")
+    doveadm = find_doveadm()
     pop3_only = source is not None and source.protocol == "pop3"
     if target.engine == "imap" or (target.engine == "auto"
                                    and (target.doveadm_config is None or doveadm is None or pop3_only)):
