@@ -153,8 +153,9 @@ class MigrationService(Application[UUID]):
         node: str = "",
         now: datetime | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        engine: str = "imap",
     ) -> int:
-        """Record the start (or resume) of a copy by `node`, claiming its lease; returns the attempt number.
+        """Record the start (or resume) of a copy by `node` with `engine`, claiming its lease; returns the attempt number.
 
         `AccountBusy` while another node's lease is live at `now` (the caller's clock).
         Under a concurrent write the command reloads, so of two nodes claiming at once
@@ -163,7 +164,7 @@ class MigrationService(Application[UUID]):
 
         def start(account: AccountMigration) -> int:
             attempt = account.attempts + 1
-            account.claim_migration(folders, total_messages, total_bytes, attempt, node, now, lease_seconds)
+            account.claim_migration(folders, total_messages, total_bytes, attempt, node, now, lease_seconds, engine)
             return attempt
 
         return self.update_account(login, start)

@@ -35,6 +35,7 @@ class FolderCopiedFields(TypedDict):
     target_uidnext: NotRequired[int]
     last_uidl: NotRequired[str]
     node: NotRequired[str]
+    highest_modseq: NotRequired[int]
 
 
 class CheckpointFields(TypedDict, total=False):
@@ -53,6 +54,7 @@ class CheckpointFields(TypedDict, total=False):
     target_uidvalidity: int
     target_uidnext: int
     last_uidl: str
+    highest_modseq: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class FolderCheckpoint:
     `highest_uid` is the last source UID copied (IMAP), `last_uidl` the last
     POP3 unique id; `target_uidvalidity` and `target_uidnext` say where the
     target folder stood, so a resume fingerprints only target messages from there on.
+    `highest_modseq` is the source folder's HIGHESTMODSEQ (RFC 7162) when the target's flags last matched
+    it (the Dovecot engine; 0: unknown), so the next flag comparison reads only messages changed since.
     """
 
     target: str
@@ -74,6 +78,7 @@ class FolderCheckpoint:
     target_uidvalidity: int = 0
     target_uidnext: int = 0
     last_uidl: str = ""
+    highest_modseq: int = 0
 
     @classmethod
     def of_copied(cls, copied: FolderCopiedFields) -> FolderCheckpoint:
@@ -89,6 +94,7 @@ class FolderCheckpoint:
             target_uidvalidity=copied.get("target_uidvalidity", 0),
             target_uidnext=copied.get("target_uidnext", 0),
             last_uidl=copied.get("last_uidl", ""),
+            highest_modseq=copied.get("highest_modseq", 0),
         )
 
     def then(self, later: FolderCheckpoint) -> FolderCheckpoint:
@@ -118,6 +124,7 @@ class FolderCheckpoint:
             "target_uidvalidity": self.target_uidvalidity,
             "target_uidnext": self.target_uidnext,
             "last_uidl": self.last_uidl,
+            "highest_modseq": self.highest_modseq,
         }
 
     @classmethod
@@ -134,6 +141,7 @@ class FolderCheckpoint:
             target_uidvalidity=fields.get("target_uidvalidity", 0),
             target_uidnext=fields.get("target_uidnext", 0),
             last_uidl=fields.get("last_uidl", ""),
+            highest_modseq=fields.get("highest_modseq", 0),
         )
 
 

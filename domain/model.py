@@ -86,13 +86,19 @@ class AccountMigration(Aggregate):
         total_bytes: int
         attempt: int
         node: str
+        # Which engine copies: "dovecot" keeps the old UIDs and UIDVALIDITY (identity), "imap" appends anew.
+        engine: str
 
-        # v1 had no node: it came with several nodes sharing one store.
-        class_version = 2
+        # v1 had no node: it came with several nodes sharing one store. v2 had no engine: IMAP was the only one.
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, object]) -> None:
+            state["engine"] = "imap"
 
     class FolderCopied(_LeaseEvent):
         source_folder: str
@@ -109,12 +115,19 @@ class AccountMigration(Aggregate):
         target_uidnext: int
         last_uidl: str
         node: str
+        # The source folder's HIGHESTMODSEQ when the target's flags last matched it (the Dovecot engine; 0: none).
+        highest_modseq: int
 
-        class_version = 2
+        # v2 had no highest_modseq: it came with the Dovecot engine.
+        class_version = 3
 
         @staticmethod
         def upcast_v1_v2(state: dict[str, object]) -> None:
             state["node"] = ""
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, object]) -> None:
+            state["highest_modseq"] = 0
 
     class MigrationCompleted(Aggregate.Event):
         messages: int
@@ -169,6 +182,8 @@ class AccountMigration(Aggregate):
         # The node that last started (or resumed) the copy, and when it last wrote.
         self.node = ""
         self.lease_renewed_at: datetime | None = None
+        # The engine of the last copy: "dovecot" promised identity (old UIDs and UIDVALIDITY), "imap" did not.
+        self.engine = "imap"
 
     @property
     def locked(self) -> bool:
@@ -207,12 +222,13 @@ class AccountMigration(Aggregate):
         node: str,
         now: datetime | None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        engine: str = "imap",
     ) -> None:
         """Start or resume the copy as `node`: refused while another node's lease is live."""
         if self.lease_held_by_other(node, now, lease_seconds):
             expires = self.lease_expires_at(lease_seconds)
             raise AccountBusy(self.login, self.node, expires.isoformat(timespec="seconds") if expires else "?")
-        self.start_migration(folders, total_messages, total_bytes, attempt, node)
+        self.start_migration(folders, total_messages, total_bytes, attempt, node, engine)
 
     def check_owner(self, node: str) -> None:
         """Fencing: refuse a write of a node that no longer holds the lease."""
@@ -260,11 +276,13 @@ class AccountMigration(Aggregate):
         total_bytes: int,
         attempt: int,
         node: str = "",
+        engine: str = "imap",
     ) -> None:
         self._advance("MigrationStarted")
         self.attempts = attempt
         self.last_error = None
         self.node = node
+        self.engine = engine
 
     @event(FolderCopied)
     def copy_folder(
@@ -281,6 +299,7 @@ class AccountMigration(Aggregate):
         target_uidnext: int = 0,
         last_uidl: str = "",
         node: str = "",
+        highest_modseq: int = 0,
     ) -> None:
         if node != self.node:
             raise LeaseLost(self.login, node, self.node)
@@ -296,6 +315,7 @@ class AccountMigration(Aggregate):
             target_uidvalidity=target_uidvalidity,
             target_uidnext=target_uidnext,
             last_uidl=last_uidl,
+            highest_modseq=highest_modseq,
         )
         advance(self.folders, source_folder, later)
 

@@ -208,7 +208,7 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     for key in ("login", "state", "locked", "redirect", "target_login", "aliases", "messages", "bytes",
                 "skipped", "attempts", "first_seen", "verified_at", "started_at", "completed_at",
-                "swept_messages", "credential_destroyed_at", "error"):
+                "swept_messages", "credential_destroyed_at", "engine", "identity", "error"):
         value = doc.get(key)
         if key == "bytes":
             value = f"{value:,} ({human_bytes(doc['bytes'])})"
@@ -356,17 +356,20 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     login = _login(config, args.login)
     source = config.source
     password = None if (source is not None and source.admin_user and not args.password_stdin) else read_old_password(args, login)
-    target_login = login
+    target_login, identity = login, False
     wired = _open(config)
     if wired is not None:
         try:
             if wired.app.has_account(login):
-                target_login = wired.app.account(login).target_login or login
+                account = wired.app.account(login)
+                target_login = account.target_login or login
+                # Where the copy promised identity, the UIDVALIDITY and UIDs are compared too.
+                identity = account.engine == "dovecot"
         finally:
             wired.close()
     try:
         differences = mail_servers(config).differences(args.login, login, password, target_login,
-                                                       config.migration.exclude_folders)
+                                                       config.migration.exclude_folders, identity=identity)
     except MigrationRefused as e:
         raise CommandFailed(str(e)) from None
     for line in differences:

@@ -17,6 +17,8 @@ from datetime import datetime
 from eventsourcing.persistence import PersistenceError
 
 from mailmigrator.adapters.accounts.alias_map import AliasMap
+from mailmigrator.adapters.dovecot.copier import DsyncCopier, DsyncSettings
+from mailmigrator.adapters.dovecot.doveadm import find_doveadm
 from mailmigrator.adapters.accounts.provisioning import PasswdFileProvisioner, PostgresUsersProvisioner, Provisioner
 from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.connection import ServerAddress, tls_context, warn_unverified
@@ -42,6 +44,7 @@ from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, Migrat
 from mailmigrator.domain.use_cases.ports import Copier, CopyResult, Progress
 from mailmigrator.domain.use_cases.records import MigrationRecords
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
+from mailmigrator.ops.preflight import copy_engine_choice
 from mailmigrator.projections.accounts import expired_leases
 from mailmigrator.projections.follower import MigrationViews
 
@@ -145,6 +148,19 @@ def copy_engine(config: Config, recorder: CopyRecorder, servers: MailServers, li
     return MailboxCopier(recorder, servers.open_source, servers.open_target, limit, settings, progress)
 
 
+def account_copier(config: Config, recorder: CopyRecorder, servers: MailServers, limit: AdaptiveLimit,
+                   progress: CopyProgress | None = None) -> AccountCopier | DsyncCopier:
+    """The engine `[target] engine` chooses: dsync keeps the old UIDs and UIDVALIDITY, the IMAP engine appends."""
+    target = require_target(config)
+    if copy_engine_choice(target, config.source) == "imap":
+        return AccountCopier(servers, copy_engine(config, recorder, servers, limit, progress))
+    m = config.migration
+    warn_unverified(servers.source.address, "[source]")
+    settings = DsyncSettings(doveadm=find_doveadm() or "doveadm", doveadm_config=target.doveadm_config,
+                             exclude_folders=m.exclude_folders, node=m.node_name, lease_seconds=m.lease_seconds)
+    return DsyncCopier(recorder, servers, limit, settings, progress or CopyProgress())
+
+
 def migration_settings(config: Config) -> MigrationSettings:
     m = config.migration
     return MigrationSettings(
@@ -192,7 +208,7 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
         copier = UnconfiguredCopier(str(e))
     else:
         limit = limit or source_limit(config)
-        copier = AccountCopier(servers, copy_engine(config, app, servers, limit, progress))
+        copier = account_copier(config, app, servers, limit, progress)
     target, m = config.target, config.migration
     vault = open_vault(config, app)
     migrate = MigrateAccount(
@@ -226,8 +242,7 @@ def build_finish(config: Config, app: MigrationService, views: MigrationViews, m
     """The finish sweep over `migration`'s servers, its sweeping engine under the same source limit."""
     recorder = SweepRecorder(app)
     limit = migration.limit or source_limit(config)
-    engine = copy_engine(config, recorder, migration.servers, limit, CopyProgress())
-    sweeper = AccountSweeper(AccountCopier(migration.servers, engine), recorder)
+    sweeper = AccountSweeper(account_copier(config, recorder, migration.servers, limit, CopyProgress()), recorder)
     return FinishSweep(migration.migrate.records, migration.servers, migration.migrate, sweeper,
                        AccountViews(views), migration.vault, config.migration.concurrency)
 

@@ -226,6 +226,10 @@ class TargetConfig(_Section):
     postgresql_url: str = ""
     postgresql_table: str = "users"
     alias_map: ConfigPath = None
+    # The copy engine: "dovecot" (doveadm dsync: old UIDs and UIDVALIDITY kept), "imap" (APPEND: new UIDs),
+    # "auto": dovecot when doveadm_config is set and doveadm is on PATH, else imap.
+    engine: Literal["auto", "imap", "dovecot"] = "auto"
+    doveadm_config: ConfigPath = None
 
     @model_validator(mode="before")
     @classmethod

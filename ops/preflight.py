@@ -12,8 +12,30 @@ import os
 import ssl
 from pathlib import Path
 
+from mailmigrator.adapters.dovecot.doveadm import DEFAULT_DOVEADM_CONFIG, find_doveadm
 from mailmigrator.adapters.store.event_store import read_key_file
-from mailmigrator.ops.config import Config, ConfigError, read_secret_file
+from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
+
+
+def copy_engine_choice(target: TargetConfig, source: SourceConfig | None) -> str:
+    """"dovecot" or "imap" as `[target] engine` says; "auto" is dovecot when doveadm_config is set, doveadm is
+    on PATH and the old server speaks IMAP. `ConfigError` when the Dovecot engine is chosen but cannot run."""
+    doveadm = find_doveadm()
+    pop3_only = source is not None and source.protocol == "pop3"
+    if target.engine == "imap" or (target.engine == "auto"
+                                   and (target.doveadm_config is None or doveadm is None or pop3_only)):
+        return "imap"
+    if pop3_only:
+        raise ConfigError('[target] engine = "dovecot" pulls over IMAP; [source] protocol = "pop3" needs '
+                          'engine = "imap"')
+    if doveadm is None:
+        raise ConfigError('[target] engine = "dovecot" needs doveadm on PATH (Debian: dovecot-core) on the new '
+                          'server\'s host; install it there or set engine = "imap"')
+    config = target.doveadm_config or DEFAULT_DOVEADM_CONFIG
+    if not os.access(config, os.R_OK) or not config.is_file():
+        raise ConfigError(f"[target] doveadm_config {config} cannot be read by this user; name the new Dovecot's "
+                          "config file (doveadm -c)")
+    return "dovecot"
 
 
 def check_before_listening(config: Config) -> None:
@@ -34,6 +56,7 @@ def check_before_listening(config: Config) -> None:
             _writable_directory(target.passwd_file, "[target] passwd_file")
         if target.alias_map is not None:
             _writable_directory(target.alias_map, "[target] alias_map")
+        copy_engine_choice(target, source)
     _certificate(proxy.tls_cert, proxy.tls_key, "[proxy]")
     _certificate(admin.tls_cert, admin.tls_key, "[admin]")
     if admin.password_file is not None and admin.listen:

@@ -71,6 +71,9 @@ class AccountDoc(TypedDict):
     passwords_only: bool
     node: str
     lease_renewed_at: str | None
+    # The engine of the last copy ("dovecot", "imap"; "" before any) and what it means for mail clients.
+    engine: str
+    identity: str
     # Added by the queries, not stored: where a locked user's mail client is sent.
     redirect: NotRequired[str | None]
 
@@ -135,6 +138,8 @@ def new_account_doc(login: str, at: str) -> AccountDoc:
         "passwords_only": False,
         "node": "",
         "lease_renewed_at": None,
+        "engine": "",
+        "identity": "",
     }
 
 
@@ -195,6 +200,15 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
     doc["locked"] = doc["state"] in LOCKED_STATES
 
 
+IDENTITY_KEPT = "identity kept: UIDs and UIDVALIDITY as on the old server"
+IDENTITY_LOST = "new UIDs: IMAP clients re-download, POP3 clients may fetch again"
+
+
+def identity_text(engine: str) -> str:
+    """What the copy engine means for the users' mail programs."""
+    return IDENTITY_KEPT if engine == "dovecot" else IDENTITY_LOST
+
+
 def _new_folder(target: str, planned_messages: int) -> FolderDoc:
     return {"target": target, "messages": 0, "bytes": 0, "skipped": 0, "planned_messages": planned_messages,
             "done": False, "uidvalidity": None, "highest_uid": 0}
@@ -210,6 +224,8 @@ def _copy_started(doc: AccountDoc, event: Account.MigrationStarted, at: str) -> 
     doc["retryable"] = None
     doc["node"] = event.node
     doc["lease_renewed_at"] = at
+    doc["engine"] = event.engine
+    doc["identity"] = identity_text(event.engine)
     for planned in event.folders:
         doc["folders"].setdefault(
             planned["source"], _new_folder(planned.get("target", planned["source"]), planned.get("messages", 0)))

@@ -8,7 +8,7 @@ from eventsourcing.domain import Aggregate
 
 from mailmigrator.domain.model import AccountMigration as Account
 from mailmigrator.domain.model import MigrationRun as Run
-from mailmigrator.projections.accounts import AccountDoc, event_name
+from mailmigrator.projections.accounts import AccountDoc, event_name, identity_text
 
 
 def human_bytes(n: int) -> str:
@@ -48,7 +48,7 @@ def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
         verb = "copy started" if event.attempt == 1 else f"copy resumed (attempt {event.attempt})"
         text.append(
             f"{verb}: {len(event.folders)} folders, {event.total_messages:,} messages, "
-            f"{human_bytes(event.total_bytes)}"
+            f"{human_bytes(event.total_bytes)}; {event.engine} engine, {identity_text(event.engine)}"
         )
     elif isinstance(event, Account.FolderCopied):
         text += _folder_lines(event)

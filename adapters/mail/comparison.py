@@ -1,4 +1,5 @@
-"""Comparing the old and the new mailbox of one account: per folder counts, content hashes, flags, internal dates."""
+"""Comparing the old and the new mailbox of one account: per folder counts, content hashes, flags, internal dates,
+and, where the copy promised identity, each folder's UIDVALIDITY and UID list."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mailmigrator.adapters.mail.copier import batches
-from mailmigrator.adapters.mail.message_source import MessageSource
+from mailmigrator.adapters.mail.message_source import FolderListing, MessageSource
 from mailmigrator.domain.folders import plan_folders, special_use_names
 
 # Flags the new server may set or drop by itself.
@@ -78,20 +79,39 @@ def compare_folder(
     return lines
 
 
-class MailboxComparison:
-    """Old versus new mailbox of one account, folder by folder, as the copier maps them."""
+def compare_identity(label: str, old: FolderListing, new: FolderListing) -> list[str]:
+    """Differences in UIDVALIDITY and UIDs between two folders that should be one folder for a mail client."""
+    lines = []
+    if old.uidvalidity != new.uidvalidity:
+        lines.append(f"{label}: UIDVALIDITY {old.uidvalidity} on the old server, {new.uidvalidity} on the new")
+    old_uids, new_uids = {m.uid for m in old.messages}, {m.uid for m in new.messages}
+    for uids, where in ((old_uids - new_uids, "only on the old server"), (new_uids - old_uids, "only on the new")):
+        if uids:
+            shown = ", ".join(map(str, sorted(uids)[:10])) + (", ..." if len(uids) > 10 else "")
+            lines.append(f"{label}: UID {shown} {where} ({len(uids)})")
+    return lines
 
-    def __init__(self, old: MessageSource, new: MessageSource, exclude_folders: Sequence[str] = ()) -> None:
+
+class MailboxComparison:
+    """Old versus new mailbox of one account, folder by folder, as the copier maps them.
+
+    `identity`: the copy kept the old UIDs and UIDVALIDITY (the Dovecot engine), so those are compared too,
+    and folders map by name alone as that engine maps them (no special-use renaming).
+    """
+
+    def __init__(self, old: MessageSource, new: MessageSource, exclude_folders: Sequence[str] = (),
+                 identity: bool = False) -> None:
         self.old = old
         self.new = new
         self.exclude_folders = tuple(exclude_folders)
+        self.identity = identity
 
     def differences(self) -> list[str]:
         """Every difference, one line each; [] when the mailboxes are equal."""
         new_listed = self.new.list_folders()
         plan = plan_folders(
             self.old.list_folders(), self.old.namespace(), self.new.namespace(),
-            special_use_names(new_listed), self.exclude_folders,
+            {} if self.identity else special_use_names(new_listed), self.exclude_folders,
         )
         new_selectable = {f.name for f in new_listed if f.selectable}
         new_subscribed = {f.name for f in new_listed if f.subscribed}
@@ -106,6 +126,9 @@ class MailboxComparison:
             if folder.target not in new_selectable:
                 lines.append(f"{label}: missing on the new server")
                 continue
+            if self.identity:
+                lines.extend(compare_identity(label, self.old.open_folder(folder.source),
+                                              self.new.open_folder(folder.target)))
             lines.extend(compare_folder(label, folder_states(self.old, folder.source),
                                         folder_states(self.new, folder.target)))
         return lines

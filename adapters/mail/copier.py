@@ -292,7 +292,8 @@ class CopyRecorder(Protocol):
     def account(self, login: str) -> AccountMigration: ...
 
     def record_migration_started(self, login: str, folders: list[PlannedFolderFields], total_messages: int,
-                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float) -> int: ...
+                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float,
+                                 engine: str = "imap") -> int: ...
 
     def record_folder_copied(self, login: str, **copied: Unpack[FolderCopiedFields]) -> None: ...
 
@@ -490,7 +491,7 @@ class MailboxCopier:
                 source.list_folders(), source.namespace(), target.namespace(), target.special_use(),
                 self.settings.exclude_folders,
             )
-            counts = {f.source: _folder_totals(source, f.source) for f in plan.folders if f.selectable}
+            counts = {f.source: folder_totals(source, f.source) for f in plan.folders if f.selectable}
             _create_folders(target, plan)
             return plan, counts
         finally:
@@ -683,7 +684,7 @@ class _FolderConnections:
                 await trio.to_thread.run_sync(connection.close)
 
 
-def _folder_totals(source: MessageSource, folder: str) -> tuple[int, int]:
+def folder_totals(source: MessageSource, folder: str) -> tuple[int, int]:
     """Messages and bytes in `folder`: one STATUS when the source offers it (the folder worker lists it anyway)."""
     totals = source.folder_totals(folder) if isinstance(source, FolderTotals) else None
     if totals is None:

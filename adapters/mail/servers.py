@@ -123,15 +123,18 @@ class MailServers:
             return inbox_recipient_headers(self.source.address, self.copy_plan(source_name, login, password))
 
     def differences(self, typed: str, login: str, password: str | None, target_login: str,
-                    exclude_folders: tuple[str, ...]) -> list[str]:
-        """Differences between the old and the new mailbox of one account, one line each."""
+                    exclude_folders: tuple[str, ...], *, identity: bool = False) -> list[str]:
+        """Differences between the old and the new mailbox of one account, one line each.
+
+        `identity`: the account was copied keeping its UIDs and UIDVALIDITY, so those are compared too.
+        """
         old: MessageSource | None = None
         new: ImapSource | None = None
         try:
             with server_errors(login):
                 old = self.open_source(self.copy_plan(self.source_name(typed, login), login, password))
                 new = ImapSource(self.require_target().address, self.target_plan(target_login))
-                return MailboxComparison(old, new, exclude_folders).differences()
+                return MailboxComparison(old, new, exclude_folders, identity).differences()
         except PasswordRefused as e:
             raise MigrationRefused(str(e)) from None
         except MailServerError as e:

@@ -1,4 +1,4 @@
-"""The finish sweep's copy: the copy engine run again over a completed account, its checkpoints gathered.
+"""The finish sweep's copy: the copy engine (either) run again over a completed account, its checkpoints gathered.
 
 The engine copies each folder from its last checkpoint, so only messages above
 it (same UIDVALIDITY) are fetched, and when UIDVALIDITY changed the target
@@ -13,11 +13,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Unpack
 
-from mailmigrator.adapters.mail.copier import MailboxCopier
-from mailmigrator.adapters.mail.servers import AccountCopier
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, FolderCopiedFields, advance
 from mailmigrator.domain.model import AccountMigration, PlannedFolderFields
+from mailmigrator.domain.use_cases.ports import Copier
 
 
 class SweepRecorder:
@@ -32,7 +31,8 @@ class SweepRecorder:
         return self.app.account(login)
 
     def record_migration_started(self, login: str, folders: list[PlannedFolderFields], total_messages: int,
-                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float) -> int:
+                                 total_bytes: int, *, node: str, now: datetime | None, lease_seconds: float,
+                                 engine: str = "imap") -> int:
         self.checkpoints[login] = {}
         self.failures.pop(login, None)
         return 0
@@ -64,15 +64,14 @@ class SweepResult:
 
 
 class AccountSweeper:
-    """Sweeps one completed account at a time with its own engine (under the node's source limit)."""
+    """Sweeps one completed account at a time with its own engine (under the node's source limit).
 
-    def __init__(self, copier: AccountCopier, recorder: SweepRecorder) -> None:
+    With the dsync engine a sweep is one `sync -1 -R` pass; its per-folder counts are what that pass added.
+    """
+
+    def __init__(self, copier: Copier, recorder: SweepRecorder) -> None:
         self.copier = copier
         self.recorder = recorder
-
-    @property
-    def engine(self) -> MailboxCopier:
-        return self.copier.engine
 
     async def sweep(self, login: str, source_name: str, password: str | None, target_login: str) -> SweepResult:
         result = await self.copier.copy(login, source_name, password, target_login)

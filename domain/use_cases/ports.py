@@ -107,7 +107,8 @@ class Progress(Protocol):
 
 
 class Copier(Protocol):
-    """The copy engine (`adapters.mail.servers.AccountCopier` over `adapters.mail.copier.MailboxCopier`).
+    """The copy engine (`adapters.mail.servers.AccountCopier` over `adapters.mail.copier.MailboxCopier`, or
+    `adapters.dovecot.copier.DsyncCopier`, which keeps the old UIDs and UIDVALIDITY).
 
     `progress`: the batch's own counters, moved beside the engine's.
     """

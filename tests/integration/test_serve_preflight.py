@@ -89,6 +89,11 @@ def log_file_in_missing_directory(tmp: Path, text: str) -> str:
     return text.replace("[migration]\n", f'[migration]\nlog_file = "{tmp / "no-such-dir" / "migration.log"}"\n')
 
 
+def dovecot_engine_without_its_config(tmp: Path, text: str) -> str:
+    return text.replace('[target]\nhost = "127.0.0.1"\n', '[target]\nhost = "127.0.0.1"\nengine = "dovecot"\n'
+                        f'doveadm_config = "{tmp / "absent-dovecot.conf"}"\n')
+
+
 def readable_master_secret(tmp: Path, text: str) -> str:
     (tmp / "master.secret").chmod(0o644)
     return text
@@ -101,6 +106,7 @@ def readable_master_secret(tmp: Path, text: str) -> str:
     (missing_ca_file, "[target] ca_file"),
     (log_file_in_missing_directory, "[migration] log_file"),
     (readable_master_secret, "[target] master_password_file"),
+    (dovecot_engine_without_its_config, "[target] doveadm_config"),
 ])
 def test_a_bad_file_stops_serve_before_any_port_opens(spoil: Callable[[Path, str], str], named: str,
                                                       tmp_path: Path) -> None:

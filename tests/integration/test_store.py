@@ -173,6 +173,38 @@ def test_an_old_version_event_still_loads(tmp_path: Path, store_url: str) -> Non
     wired.close()
 
 
+def test_a_copy_start_from_before_the_engine_choice_loads_as_the_imap_engine(tmp_path: Path, store_url: str) -> None:
+    wired = open_wired(tmp_path, store_url)
+    app = wired.app
+    login = "hugo@example.com"
+    app.record_login(login, "imap", "127.0.0.2", "127.0.0.1")
+    app.record_password_verified(login, "imap-login")
+    app.record_account_created(login, login, [], "passwd-file")
+    version = app.account(login).version
+    # A MigrationStarted as version 2 of the class wrote it: a node, no engine.
+    old = StoredEvent(
+        originator_id=account_id(login),
+        originator_version=version + 1,
+        topic=f"{AccountMigration.MigrationStarted.__module__}:AccountMigration.MigrationStarted",
+        state=json.dumps(
+            {"timestamp": {"_type_": "datetime_iso", "_data_": "2026-01-02T03:04:05+00:00"},
+             "folders": [{"source": "INBOX", "target": "INBOX", "messages": 1, "bytes": 10}],
+             "total_messages": 1, "total_bytes": 10, "attempt": 1, "node": "node-a", "class_version": 2}
+        ).encode(),
+    )
+    app.recorder.insert_events([old])
+    event = app.history(login)[-1]
+    assert type(event).__name__ == "MigrationStarted" and event.engine == "imap"
+    assert app.account(login).engine == "imap"
+    app.record_migration_started(login, [], 0, 0, node="node-a", engine="dovecot")
+    assert app.account(login).engine == "dovecot"
+    wired.views.catch_up()
+    assert any("imap engine, new UIDs" in line for line in wired.views.log_lines())
+    assert any("dovecot engine, identity kept" in line for line in wired.views.log_lines())
+    assert wired.views.account(login)["identity"].startswith("identity kept")
+    wired.close()
+
+
 def test_encrypted_store_keeps_payloads_unreadable(tmp_path: Path) -> None:
     key = tmp_path / "store.key"
     create_key_file(key)

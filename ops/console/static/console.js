@@ -226,7 +226,7 @@ async function loadDetail() {
   const summary = $("detail-summary").querySelector("tbody");
   summary.replaceChildren();
   for (const key of ["state", "locked", "redirect", "target_login", "aliases", "attempts", "logins", "first_seen",
-                     "verified_at", "started_at", "completed_at", "swept_at", "error"]) {
+                     "verified_at", "started_at", "completed_at", "swept_at", "engine", "identity", "error"]) {
     let value = doc[key];
     if (Array.isArray(value)) value = value.join(", ") || "—";
     else if (typeof value === "boolean") value = value ? "yes" : "no";
