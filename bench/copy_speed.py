@@ -1,4 +1,4 @@
-"""Copy benchmark: `mailmigrator migrate` against a naive imapclient loop and Dovecot's own dsync.
+"""Copy benchmark: `mailmigrator migrate` (IMAP and Dovecot engines) against a naive loop and Dovecot's own dsync.
 
 Seeds a deterministic corpus in a private old Dovecot (5,000 messages across 20
 folders, 2 KB - 2 MB, ~150 MB; `--small` for a tenth), then copies it three
@@ -180,6 +180,28 @@ def main() -> int:
         check = subprocess.run([*cli, "--config", str(config), "verify", LOGIN, "--password-stdin"],
                                input=PASSWORD + "\n", capture_output=True, text=True)
         print(f"verify after mailmigrator: exit {check.returncode} {check.stdout.strip().splitlines()[-1:]}")
+
+        # mailmigrator, the Dovecot engine (doveadm sync over imapc: the old UIDs and UIDVALIDITY kept)
+        if not args.no_dsync:
+            new, secret = fresh_target("new-mm-dovecot")
+            config = work / "mm-dovecot.toml"
+            config.write_text(
+                f'[store]\nurl = "sqlite:///{work / "events-dovecot.sqlite"}"\n'
+                f'[source]\nhost = "127.0.0.1:{old.imap_port}"\ntls = "disable"\n'
+                f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
+                f'master_user = "{new.master_user}"\nmaster_password_file = "{secret}"\n'
+                f'engine = "dovecot"\ndoveadm_config = "{new.config_path}"\n'
+                f'[migration]\nprimary_domain = "example.com"\n'
+            )
+            wall, rss, code, output = measure([*cli, "--config", str(config), "migrate", "--user", LOGIN,
+                                               "--password-stdin"], PASSWORD + "\n")
+            if code != 0:
+                print(output)
+                return 1
+            results["mailmigrator (dovecot engine)"] = (wall, rss)
+            check = subprocess.run([*cli, "--config", str(config), "verify", LOGIN, "--password-stdin"],
+                                   input=PASSWORD + "\n", capture_output=True, text=True)
+            print(f"verify after the dovecot engine: exit {check.returncode} {check.stdout.strip().splitlines()[-1:]}")
 
         # naive baseline
         new, secret = fresh_target("new-naive")
