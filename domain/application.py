@@ -113,11 +113,17 @@ class MigrationService(Application[UUID]):
 
         return self.update_account(login, see, register=True)
 
-    def record_password_verified(self, login: str, method: str) -> bool:
-        """Record a verified password; True when this call moved the account out of `seen`."""
+    def record_password_verified(self, login: str, method: str, while_copying: str = "") -> bool:
+        """Record a verified password; True when this call moved the account out of `seen`.
+
+        `while_copying`: where the user goes while the copy runs, recorded first when due, so that
+        the account is never shown locked in old-server mode.
+        """
 
         def verify(account: AccountMigration) -> bool:
             first = account.state == "seen"
+            if while_copying and account.copy_mode_due(while_copying):
+                account.choose_copy_mode(while_copying)
             account.verify_password(method)
             return first
 

@@ -17,6 +17,7 @@ ACCOUNT_STATES: Final = (
 ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     "seen": {
         "LoginSeen": "seen",
+        "CopyModeChosen": "seen",
         "PasswordRejected": "seen",
         "PasswordVerified": "verified",
     },
@@ -24,6 +25,7 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "LoginSeen": "verified",
         "PasswordRejected": "verified",
         "PasswordVerified": "verified",
+        "CopyModeChosen": "verified",
         "AccountCreated": "created",
         "MigrationFailed": "failed",
     },

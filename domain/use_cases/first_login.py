@@ -211,7 +211,7 @@ class FirstLogin(Generic[SessionT]):
                                     keep=landing == "old")
         if account is None or account.state == "seen":
             await self.records.login_seen(login, protocol, *addresses)
-        first = await self.records.password_verified(login, f"{checked_over}-login")
+        first = await self.records.password_verified(login, f"{checked_over}-login", self.settings.while_copying)
         credentials = Credentials(self.source_name(login, raw_login), password)
         if landing == "new":
             await self.migrate_password(login, credentials)

@@ -98,7 +98,7 @@ class MigrateAccount:
             raise MigrationRefused(f"the old server refused the password: {e}") from None
         except MailServerError as e:
             raise MigrationRefused(f"cannot reach the old server: {e}") from None
-        await self.records.password_verified(login, method)
+        await self.records.password_verified(login, method, self.settings.while_copying)
 
     async def with_password(self, typed: str, login: str, password: str, *, aliases: Sequence[str] = (),
                             method: str = "manual", progress: Progress | None = None) -> MigrationOutcome:

@@ -49,8 +49,8 @@ class MigrationRecords:
     async def login_seen(self, login: str, protocol: str, client_address: str, local_address: str) -> None:
         await self.in_thread(lambda: self.service.record_login(login, protocol, client_address, local_address))
 
-    async def password_verified(self, login: str, method: str) -> bool:
-        return await self.in_thread(lambda: self.service.record_password_verified(login, method))
+    async def password_verified(self, login: str, method: str, while_copying: str = "") -> bool:
+        return await self.in_thread(lambda: self.service.record_password_verified(login, method, while_copying))
 
     async def password_rejected(self, login: str, reason: str) -> None:
         await self.in_thread(lambda: self.service.record_password_rejected(login, reason))

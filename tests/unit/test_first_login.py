@@ -171,8 +171,8 @@ async def test_twenty_parallel_logins_start_exactly_one_migration() -> None:
     firsts: list[bool] = []
     original = service.record_password_verified
 
-    def spy(login: str, method: str) -> bool:
-        first = original(login, method)
+    def spy(login: str, method: str, while_copying: str = "") -> bool:
+        first = original(login, method, while_copying)
         firsts.append(first)
         return first
 

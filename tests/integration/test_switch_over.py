@@ -1,0 +1,185 @@
+"""`while_copying`: users keep working on the old server during the copy, then the account switches over,
+through `serve`'s listeners and the real Dovecot pair."""
+
+from __future__ import annotations
+
+import imaplib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+
+from copy_testbed import FaultyRelay, message_count
+from mailmigrator.adapters.proxy.listeners import ProxyLimits
+from mailmigrator.adapters.proxy.throttle import LoginThrottle
+from mailmigrator.ops.composition import open_store
+from mailmigrator.ops.config import load_config
+from mailmigrator.ops.serve import Service, build_service
+from mailmigrator.projections.accounts import apply_to_account, event_name, new_account_doc
+from proxy_fixtures import OLD_PASSWORD, Pair, pair, with_free_ports, write_config
+from testbed import make_message, seed_bulk
+
+pytestmark = pytest.mark.dovecot
+__all__ = ["pair"]
+
+log = structlog.get_logger("tests.switch")
+
+INBOX_MESSAGES = 300
+BODY = "x" * 5000
+
+
+def seed(pair: Pair, login: str) -> None:
+    pair.old.add_user(login, OLD_PASSWORD)
+    pair.old.wait_for_user(login)
+    seed_bulk(pair.old, login, "INBOX", [make_message(f"{login}-{i}", body=BODY) for i in range(INBOX_MESSAGES)])
+    seed_bulk(pair.old, login, "Archive/2020", [make_message(f"{login}-a{i}") for i in range(2)])
+
+
+async def serve_through(tmp: Path, pair: Pair, nursery: trio.Nursery, source_port: int,
+                        **kwargs: Any) -> tuple[Service, int]:
+    """`serve`'s tasks in this process, the copy reading the old server through `source_port`."""
+    path = write_config(tmp, pair, tls=False, migration_account="", **kwargs)
+    path.write_text(path.read_text().replace(f"imap_port = {pair.old.imap_port}\n",
+                                             f"imap_port = {source_port}\n", 1))
+    config = with_free_ports(load_config(path))
+    wired = open_store(config, create=True)
+    assert wired is not None
+    wired.app.start_run("test")
+    service = build_service(config, wired.app, ProxyLimits(failure_delay=0.0, idle_timeout=30.0),
+                            LoginThrottle(max_per_login=10, max_per_address=50))
+    bound = await nursery.start(service.run)
+    return service, next(port for listener, port in bound if listener.protocol == "imap")
+
+
+def state_of(service: Service, login: str) -> str:
+    return service.app.account(login).state if service.app.has_account(login) else "none"
+
+
+async def wait_state(service: Service, login: str, *states: str, timeout: float = 90) -> None:
+    with trio.fail_after(timeout):
+        while state_of(service, login) not in states:
+            await trio.sleep(0.1)
+
+
+def inbox_count(client: imaplib.IMAP4) -> int:
+    typ, data = client.select("INBOX")
+    assert typ == "OK"
+    return int(data[0])
+
+
+def folder_names(client: imaplib.IMAP4) -> set[str]:
+    _, data = client.list()
+    return {line.decode().rsplit(' "', 1)[-1].strip('"') if line.decode().endswith('"')
+            else line.decode().rsplit(" ", 1)[-1] for line in data if isinstance(line, bytes)}
+
+
+def wait_for_bye(client: imaplib.IMAP4, timeout: float = 90) -> float:
+    """NOOP until the proxy ends the session with `* BYE`; when it did (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.noop()
+        except imaplib.IMAP4.abort as e:
+            assert "moved to the new server" in str(e), str(e)
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError("the old-server session was not closed")
+
+
+def locked_after_each_event(service: Service, login: str) -> list[tuple[str, bool]]:
+    """The lock projection replayed over the account's recorded events."""
+    events = service.app.history(login)
+    doc = new_account_doc(login, "")
+    seen = []
+    for event in events:
+        apply_to_account(doc, event)
+        seen.append((event_name(event), doc["locked"]))
+    return seen
+
+
+async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pair: Pair, tmp_path: Path) -> None:
+    login = "keep@example.com"
+    seed(pair, login)
+    # The old server behind a slow link: the first pass takes seconds, the user's session is small.
+    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
+        async with trio.open_nursery() as nursery:
+            service, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
+
+            def work_during_the_copy() -> tuple[int, set[str], list[str], str, float]:
+                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+                client.login("keep", OLD_PASSWORD)
+                count = inbox_count(client)
+                names = folder_names(client)
+                relayed = service.proxy.old_relays.open_logins()
+                during = state_of(service, login)
+                typ, _ = client.append("INBOX", None, None, make_message("typed-during-the-copy"))
+                assert typ == "OK"
+                return count, names, relayed, during, wait_for_bye(client)
+
+            count, names, relayed, during, closed_at = await trio.to_thread.run_sync(work_during_the_copy)
+            assert count == INBOX_MESSAGES and "INBOX" in names and any(n.endswith("2020") for n in names), names
+            assert relayed == [login], "the login was relayed to the old server"
+            assert during in ("verified", "created", "copying")
+            await wait_state(service, login, "completed")
+
+            def after_the_switch() -> tuple[int, list[str]]:
+                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+                client.login("keep", OLD_PASSWORD)
+                try:
+                    return inbox_count(client), service.proxy.old_relays.open_logins()
+                finally:
+                    client.logout()
+
+            count_after, relayed_after = await trio.to_thread.run_sync(after_the_switch)
+            history = service.app.history(login)
+            locks = locked_after_each_event(service, login)
+            nursery.cancel_scope.cancel()
+
+    assert relayed_after == [], "after the switch the login went to the new server"
+    assert count_after == INBOX_MESSAGES + 1
+    # Exactly once on the new server: the message typed on the old server during the copy, and nothing twice.
+    assert message_count(pair.new, login) == INBOX_MESSAGES + 3 == message_count(pair.old, login)
+    names_recorded = [event_name(e) for e in history]
+    for name in ("CopyModeChosen", "CopyCaughtUp", "SwitchStarted", "MigrationCompleted", "SwitchedOver"):
+        assert name in names_recorded, names_recorded
+    assert names_recorded.index("CopyCaughtUp") < names_recorded.index("SwitchStarted") \
+        < names_recorded.index("MigrationCompleted") < names_recorded.index("SwitchedOver")
+    switched = history[-1] if event_name(history[-1]) == "SwitchedOver" else \
+        next(e for e in history if event_name(e) == "SwitchedOver")
+    assert switched.sessions_closed == 1  # type: ignore[attr-defined]
+    assert switched.delta_messages in (0, 1)  # type: ignore[attr-defined]
+    log.info("switch measured", duration_seconds=switched.duration_seconds,  # type: ignore[attr-defined]
+             delta_messages=switched.delta_messages)  # type: ignore[attr-defined]
+    print(f"switch took {switched.duration_seconds:.3f} s")  # type: ignore[attr-defined]
+    # The lock projection: locked from SwitchStarted until MigrationCompleted, never before or after.
+    start, end = names_recorded.index("SwitchStarted"), names_recorded.index("MigrationCompleted")
+    assert [locked for _, locked in locks] == [start <= i < end for i in range(len(locks))], locks
+
+
+async def test_refuse_mode_refuses_during_the_copy_and_serves_the_new_server_after(
+        pair: Pair, tmp_path: Path) -> None:
+    login = "refused@example.com"
+    seed(pair, login)
+    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
+        async with trio.open_nursery() as nursery:
+            service, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="refuse")
+
+            def log_in() -> imaplib.IMAP4:
+                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+                client.login("refused", OLD_PASSWORD)
+                return client
+
+            with pytest.raises(imaplib.IMAP4.error, match="Migration in progress"):
+                await trio.to_thread.run_sync(log_in)
+            assert state_of(service, login) in ("verified", "created", "copying")
+            await wait_state(service, login, "completed")
+            client = await trio.to_thread.run_sync(log_in)
+            assert await trio.to_thread.run_sync(inbox_count, client) == INBOX_MESSAGES
+            assert service.proxy.old_relays.open_logins() == []
+            await trio.to_thread.run_sync(client.logout)
+            names = [event_name(e) for e in service.app.history(login)]
+            nursery.cancel_scope.cancel()
+    assert "CopyCaughtUp" not in names and "SwitchStarted" not in names and names.count("MigrationCompleted") == 1
