@@ -199,10 +199,10 @@ class MigrationService(Application[UUID]):
         self.update_account(login, complete)
 
     def record_copy_mode(self, login: str, while_copying: str) -> None:
-        """Record where the users are served while the copy runs, unless already recorded so."""
+        """Record where the users are served while the copy runs, when due (`AccountMigration.copy_mode_due`)."""
 
         def choose(account: AccountMigration) -> None:
-            if account.while_copying != while_copying and account.allows("CopyModeChosen"):
+            if account.copy_mode_due(while_copying):
                 account.choose_copy_mode(while_copying)
 
         self.update_account(login, choose)

@@ -4,6 +4,9 @@ through `serve`'s listeners and the real Dovecot pair."""
 from __future__ import annotations
 
 import imaplib
+import json
+import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,8 @@ import pytest
 import structlog
 import trio
 
-from copy_testbed import FaultyRelay, message_count
+import testbed
+from copy_testbed import FaultyRelay, message_count, run_cli
 from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.composition import open_store
@@ -20,6 +24,7 @@ from mailmigrator.ops.config import load_config
 from mailmigrator.ops.serve import Service, build_service
 from mailmigrator.projections.accounts import apply_to_account, event_name, new_account_doc
 from proxy_fixtures import OLD_PASSWORD, Pair, pair, with_free_ports, write_config
+from test_serve_restart import account_state, config_text, free_port, start_serve, wait_for
 from testbed import make_message, seed_bulk
 
 pytestmark = pytest.mark.dovecot
@@ -183,3 +188,72 @@ async def test_refuse_mode_refuses_during_the_copy_and_serves_the_new_server_aft
             names = [event_name(e) for e in service.app.history(login)]
             nursery.cancel_scope.cancel()
     assert "CopyCaughtUp" not in names and "SwitchStarted" not in names and names.count("MigrationCompleted") == 1
+
+
+def test_serve_killed_mid_switch_finishes_the_switch_after_a_restart(
+    old_server: testbed.DovecotServer, new_server: testbed.DovecotServer, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    login = f"switch-{secrets.token_hex(3)}@example.com"
+    password = secrets.token_urlsafe(10)
+    old_server.add_user(login, password)
+    old_server.wait_for_user(login)
+    first, late = 400, 300
+    seed_bulk(old_server, login, "INBOX", [make_message(f"{login}-{i}", body=BODY) for i in range(first)])
+    config, serve_log, proxy_port = tmp_path / "mm.toml", tmp_path / "serve.stderr", free_port()
+
+    def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        return run_cli(capsys, monkeypatch, stdin, "--config", str(config), *args)
+
+    def copied_some() -> bool:
+        code, out, _ = cli("show", login, "--json")
+        return code == 0 and json.loads(out)["messages"] > 0
+
+    # A slow link to the old server: both passes take seconds, so serve can be killed mid-switch.
+    with FaultyRelay(("127.0.0.1", old_server.imap_port), bytes_per_second=400_000) as relay:
+        config.write_text(config_text(tmp_path, relay.port, old_server, new_server, proxy_port,
+                                      while_copying="old-server"))
+        assert cli("start")[0] == 0
+        serve = start_serve(config, serve_log)
+        try:
+            wait_for(lambda: b'"ready"' in serve_log.read_bytes() or serve.poll() is not None, "serve to be ready")
+            client = imaplib.IMAP4("127.0.0.1", proxy_port, timeout=30)
+            client.login(login, password)
+            assert int(client.select("INBOX")[1][0]) == first, "the user works on the old server"
+            wait_for(copied_some, "a first checkpoint")
+            # Mail that reaches the old server after the first pass listed the folder: the final delta's.
+            seed_bulk(old_server, login, "INBOX", [make_message(f"{login}-late-{i}", body=BODY) for i in range(late)])
+            wait_for(lambda: account_state(capsys, monkeypatch, config, login) == "switching", "the switch", 120)
+            with pytest.raises((imaplib.IMAP4.abort, OSError)):
+                for _ in range(50):
+                    client.noop()
+                    time.sleep(0.1)
+        finally:
+            serve.send_signal(signal.SIGKILL)
+            serve.wait(10)
+        assert account_state(capsys, monkeypatch, config, login) == "switching"
+        code, out, _ = cli("show", login, "--json")
+        assert json.loads(out)["locked"] is True, "locked while switching"
+
+        serve = start_serve(config, serve_log)
+        try:
+            wait_for(lambda: account_state(capsys, monkeypatch, config, login) == "completed",
+                     "the resumed switch to complete", timeout=120)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(20) == 0, serve_log.read_text()[-3000:]
+
+    config.write_text(config_text(tmp_path, old_server.imap_port, old_server, new_server, proxy_port,
+                                  while_copying="old-server"))
+    assert message_count(new_server, login) == first + late == message_count(old_server, login)  # no duplicates
+    code, out, err = cli("verify", login, "--password-stdin", stdin=password + "\n")
+    assert code == 0, out + err
+    _, history, _ = cli("history", login, "--json")
+    names = [e["event"] for e in json.loads(history)]
+    assert names.count("SwitchStarted") == 2, names  # the restarted node claimed the switch again
+    assert names.count("MigrationCompleted") == 1 and names[-1] in ("SwitchedOver", "PostScriptRan"), names
+    code, out, _ = cli("show", login, "--json")
+    doc = json.loads(out)
+    assert doc["locked"] is False and doc["switch"]["delta_messages"] > 0
+    print(f"resumed switch took {doc['switch']['duration_seconds']:.3f} s "
+          f"({doc['switch']['delta_messages']} messages in the final delta)")
