@@ -209,9 +209,15 @@ class FirstLogin(Generic[SessionT]):
         # Landing on the old server: the session that checked the password is the one relayed.
         session = await self.verify(login, raw_login, password, protocol, known=account is not None,
                                     keep=landing == "old")
-        if account is None or account.state == "seen":
-            await self.records.login_seen(login, protocol, *addresses)
-        first = await self.records.password_verified(login, f"{checked_over}-login", self.settings.while_copying)
+        try:
+            if account is None or account.state == "seen":
+                await self.records.login_seen(login, protocol, *addresses)
+            first = await self.records.password_verified(login, f"{checked_over}-login", self.settings.while_copying)
+        except BaseException:
+            if session is not None:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+            raise
         credentials = Credentials(self.source_name(login, raw_login), password)
         if landing == "new":
             await self.migrate_password(login, credentials)
