@@ -17,6 +17,9 @@ import trio
 
 import testbed
 from copy_testbed import FaultyRelay, message_count, run_cli
+from multinode import cli as fleet_cli
+from multinode import fleet
+from multinode import wait_for as fleet_wait
 from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.ops.composition import open_store
@@ -257,3 +260,36 @@ def test_serve_killed_mid_switch_finishes_the_switch_after_a_restart(
     assert doc["locked"] is False and doc["switch"]["delta_messages"] > 0
     print(f"resumed switch took {doc['switch']['duration_seconds']:.3f} s "
           f"({doc['switch']['delta_messages']} messages in the final delta)")
+
+
+def test_a_node_closes_its_old_server_sessions_when_another_node_switches_the_account(
+    pair: Pair, tmp_path: Path, pg_database: str,
+) -> None:
+    login = f"fleet-{secrets.token_hex(3)}@example.com"
+    seed(pair, login)
+    base = write_config(tmp_path, pair, tls=False, migration_account="", while_copying="old-server")
+    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
+        base.write_text(base.read_text().replace(f"imap_port = {pair.old.imap_port}\n",
+                                                 f"imap_port = {relay.port}\n", 1))
+        with fleet(base, f"postgresql://postgres@127.0.0.1:5432/{pg_database}", tmp_path, count=2) as nodes:
+            assert fleet_cli(nodes[0].config, "start") == 0
+            for node in nodes:
+                fleet_wait(lambda: node.run_state() == "started", f"{node.name} to obey start", timeout=10)
+            # The user's laptop on one node (which migrates the account), the phone on the other.
+            laptop = nodes[0].imap_login(login, OLD_PASSWORD)
+            phone = nodes[1].imap_login(login, OLD_PASSWORD)
+            assert inbox_count(laptop) == INBOX_MESSAGES == inbox_count(phone)
+            closed = [wait_for_bye(laptop), wait_for_bye(phone)]
+            after = nodes[1].imap_login(login, OLD_PASSWORD)
+            assert inbox_count(after) == INBOX_MESSAGES
+            after.logout()
+            logins = nodes[1].log_events("login")
+            # Either node may win the copy's claim; the other learns of the switch from the store.
+            switched = {node.name: node.log_events("switched over") for node in nodes}
+            moved = {node.name: node.log_events("old-server sessions closed: the account moved") for node in nodes}
+    assert [e["destination"] for e in logins] == ["old", "new"], logins
+    switcher = next(name for name, records in switched.items() if records)
+    other = next(name for name in switched if name != switcher)
+    assert switched[switcher][0]["sessions_closed"] == 1 and not switched[other]
+    assert [r["login"] for r in moved[other]] == [login] and not moved[switcher]
+    print(f"the other node closed its session {abs(closed[1] - closed[0]):.2f} s after the switching node")
