@@ -97,6 +97,13 @@ def wait_for_bye(client: imaplib.IMAP4, timeout: float = 90) -> float:
     raise AssertionError("the old-server session was not closed")
 
 
+def subject_count(server: testbed.DovecotServer, login: str, text: str) -> int:
+    """INBOX messages of `login` whose subject holds `text`."""
+    with server.imap(login) as client:
+        client.select_folder("INBOX", readonly=True)
+        return len(client.search(["SUBJECT", text]))
+
+
 def locked_after_each_event(service: Service, login: str) -> list[tuple[str, bool]]:
     """The lock projection replayed over the account's recorded events."""
     events = service.app.history(login)
@@ -125,6 +132,11 @@ async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pa
                 during = state_of(service, login)
                 typ, _ = client.append("INBOX", None, None, make_message("typed-during-the-copy"))
                 assert typ == "OK"
+                # The MX already points at the new server: mail delivered there must survive every pass.
+                deadline = time.monotonic() + 30
+                while state_of(service, login) != "copying" and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                seed_bulk(pair.new, login, "INBOX", [make_message("delivered-to-the-new-server")])
                 return count, names, relayed, during, wait_for_bye(client)
 
             count, names, relayed, during, closed_at = await trio.to_thread.run_sync(work_during_the_copy)
@@ -147,9 +159,12 @@ async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pa
             nursery.cancel_scope.cancel()
 
     assert relayed_after == [], "after the switch the login went to the new server"
-    assert count_after == INBOX_MESSAGES + 1
-    # Exactly once on the new server: the message typed on the old server during the copy, and nothing twice.
-    assert message_count(pair.new, login) == INBOX_MESSAGES + 3 == message_count(pair.old, login)
+    assert count_after == INBOX_MESSAGES + 2
+    # Exactly once on the new server: the message typed on the old server during the copy, the one
+    # delivered to the new server, and nothing twice.
+    assert message_count(pair.new, login) == INBOX_MESSAGES + 4 == message_count(pair.old, login) + 1
+    assert [subject_count(pair.new, login, s) for s in ("typed-during-the-copy", "delivered-to-the-new-server")] \
+        == [1, 1]
     names_recorded = [event_name(e) for e in history]
     for name in ("CopyModeChosen", "CopyCaughtUp", "SwitchStarted", "MigrationCompleted", "SwitchedOver"):
         assert name in names_recorded, names_recorded
