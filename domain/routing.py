@@ -51,20 +51,17 @@ def while_copying_road(while_copying: str) -> Literal["old", "notice", "refuse"]
 
 
 def after_verification(*, passwords_only: bool, has_notice_account: bool,
-                       while_copying: str = "notice", old_server_serves: bool = True) -> Landing:
+                       while_copying: str = "notice") -> Landing:
     """Where a user whose password the old server accepted lands while their account migrates.
 
     With `passwords_only` the migration is only the password, done before answering, so the user
     lands on the new server; with `while_copying = "old-server"` on the old server while the copy
     runs; with "notice" on the notice mailbox, or, without one, a "try again later"; with "refuse"
-    a "try again later". `old_server_serves`: the old server speaks the login's protocol (a POP3-only
-    old server cannot serve an IMAP client), else such a user is treated as in "notice" mode.
+    a "try again later".
     """
     if passwords_only:
         return "new"
     road = while_copying_road(while_copying)
-    if road == "old" and not old_server_serves:
-        road = "notice"
     if road == "notice" and not has_notice_account:
         return "refuse"
     return road

@@ -204,11 +204,11 @@ class FirstLogin(Generic[SessionT]):
         checked_over = password_check_protocol(protocol, self.settings.source_protocol)
         landing = after_verification(passwords_only=self.settings.passwords_only,
                                      has_notice_account=bool(self.settings.migration_account),
-                                     while_copying=self.settings.while_copying,
-                                     old_server_serves=checked_over == protocol)
-        # Landing on the old server: the session that checked the password is the one relayed.
+                                     while_copying=self.settings.while_copying)
+        # Landing on the old server: the session that checked the password is relayed when it speaks
+        # the client's protocol.
         session = await self.verify(login, raw_login, password, protocol, known=account is not None,
-                                    keep=landing == "old")
+                                    keep=landing == "old" and checked_over == protocol)
         try:
             if account is None or account.state == "seen":
                 await self.records.login_seen(login, protocol, *addresses)
@@ -227,6 +227,8 @@ class FirstLogin(Generic[SessionT]):
         self.queue.begin(login, credentials)
         if session is not None:
             return Routed(login, "old", session)
+        if landing == "old":
+            return await self.pass_through(login, raw_login, password, protocol)
         if landing == "refuse":
             raise MigrationInProgress()
         return await self.to_notice(login, protocol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import imaplib
 import json
+import poplib
 import secrets
 import signal
 import time
@@ -47,7 +48,7 @@ def seed(pair: Pair, login: str) -> None:
 
 
 async def serve_through(tmp: Path, pair: Pair, nursery: trio.Nursery, source_port: int,
-                        **kwargs: Any) -> tuple[Service, int]:
+                        **kwargs: Any) -> tuple[Service, int, int]:
     """`serve`'s tasks in this process, the copy reading the old server through `source_port`."""
     path = write_config(tmp, pair, tls=False, migration_account="", **kwargs)
     path.write_text(path.read_text().replace(f"imap_port = {pair.old.imap_port}\n",
@@ -59,7 +60,8 @@ async def serve_through(tmp: Path, pair: Pair, nursery: trio.Nursery, source_por
     service = build_service(config, wired.app, ProxyLimits(failure_delay=0.0, idle_timeout=30.0),
                             LoginThrottle(max_per_login=10, max_per_address=50))
     bound = await nursery.start(service.run)
-    return service, next(port for listener, port in bound if listener.protocol == "imap")
+    ports = {listener.protocol: port for listener, port in bound}
+    return service, ports["imap"], ports["pop3"]
 
 
 def state_of(service: Service, login: str) -> str:
@@ -121,7 +123,7 @@ async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pa
     # The old server behind a slow link: the first pass takes seconds, the user's session is small.
     with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
         async with trio.open_nursery() as nursery:
-            service, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
+            service, port, _ = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
 
             def work_during_the_copy() -> tuple[int, set[str], list[str], str, float]:
                 client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
@@ -188,7 +190,7 @@ async def test_refuse_mode_refuses_during_the_copy_and_serves_the_new_server_aft
     seed(pair, login)
     with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
         async with trio.open_nursery() as nursery:
-            service, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="refuse")
+            service, port, _ = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="refuse")
 
             def log_in() -> imaplib.IMAP4:
                 client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
@@ -308,3 +310,32 @@ def test_a_node_closes_its_old_server_sessions_when_another_node_switches_the_ac
     assert switched[switcher][0]["sessions_closed"] == 1 and not switched[other]
     assert [r["login"] for r in moved[other]] == [login] and not moved[switcher]
     print(f"the other node closed its session {abs(closed[1] - closed[0]):.2f} s after the switching node")
+
+
+async def test_a_pop3_session_on_the_old_server_ends_at_its_next_command_after_the_switch(
+        pair: Pair, tmp_path: Path) -> None:
+    login = "popper@example.com"
+    seed(pair, login)
+    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
+        async with trio.open_nursery() as nursery:
+            service, _, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
+
+            def log_in() -> poplib.POP3:
+                client = poplib.POP3("127.0.0.1", port, timeout=30)
+                client.user("popper")
+                client.pass_(OLD_PASSWORD)
+                return client
+
+            client = await trio.to_thread.run_sync(log_in)
+            assert (await trio.to_thread.run_sync(client.stat))[0] == INBOX_MESSAGES
+            assert service.proxy.old_relays.open_logins() == [login]
+            await wait_state(service, login, "completed")
+            with pytest.raises(poplib.error_proto, match="moved to the new server"):
+                await trio.to_thread.run_sync(client.stat)
+            again = await trio.to_thread.run_sync(log_in)
+            assert (await trio.to_thread.run_sync(again.stat))[0] == INBOX_MESSAGES
+            await trio.to_thread.run_sync(again.quit)
+            assert service.proxy.old_relays.open_logins() == []
+            switched = service.app.history(login)[-1]
+            nursery.cancel_scope.cancel()
+    assert event_name(switched) == "SwitchedOver" and switched.sessions_closed == 1  # type: ignore[attr-defined]

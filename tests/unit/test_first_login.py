@@ -31,9 +31,11 @@ class Servers:
     old_down: bool = False
     new_down: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
 
     async def old(self, protocol: str, credentials: Credentials) -> BackendSession:
         self.calls.append(("old", credentials.login))
+        self.protocols.append(protocol)
         await trio.sleep(0.01)
         if self.old_down:
             raise BackendUnavailable("down")

@@ -92,17 +92,14 @@ def test_every_mode_sends_migrated_accounts_to_the_new_server_and_switching_ones
         assert road != "refuse" or mode == "refuse"
 
 
-@pytest.mark.parametrize(("mode", "notice", "serves", "landing"), [
-    ("old-server", True, True, "old"), ("old-server", False, True, "old"),
-    ("old-server", True, False, "notice"), ("old-server", False, False, "refuse"),
-    ("notice", True, True, "notice"), ("notice", False, True, "refuse"),
-    ("refuse", True, True, "refuse"), ("refuse", False, True, "refuse"),
+@pytest.mark.parametrize(("mode", "notice", "landing"), [
+    ("old-server", True, "old"), ("old-server", False, "old"),
+    ("notice", True, "notice"), ("notice", False, "refuse"),
+    ("refuse", True, "refuse"), ("refuse", False, "refuse"),
 ])
-def test_after_verification_by_mode(mode: str, notice: bool, serves: bool, landing: str) -> None:
-    assert after_verification(passwords_only=False, has_notice_account=notice, while_copying=mode,
-                              old_server_serves=serves) == landing
-    assert after_verification(passwords_only=True, has_notice_account=notice, while_copying=mode,
-                              old_server_serves=serves) == "new"
+def test_after_verification_by_mode(mode: str, notice: bool, landing: str) -> None:
+    assert after_verification(passwords_only=False, has_notice_account=notice, while_copying=mode) == landing
+    assert after_verification(passwords_only=True, has_notice_account=notice, while_copying=mode) == "new"
 
 
 @pytest.mark.parametrize(("state", "mode", "locked"), [

@@ -40,11 +40,13 @@ async def test_old_server_mode_relays_the_verifying_session_and_starts_the_copy(
     assert events(service, "alice@example.com")[-1] == "PasswordVerified", "nothing more recorded"
 
 
-async def test_old_server_mode_with_a_pop3_only_old_server_shows_imap_users_the_notice() -> None:
+async def test_old_server_mode_relays_a_client_in_its_own_protocol_when_the_password_is_checked_in_another() -> None:
     servers = Servers({"alice@example.com": "pw"})
-    r, _, _ = router(servers, while_copying="old-server", source_protocol="pop3")
-    routed = await r.route("alice", "pw", "imap", "10.0.0.9", "127.0.0.1")
-    assert routed.destination == "notice"
+    r, _, _ = router(servers, while_copying="old-server", source_protocol="imap")
+    routed = await r.route("alice", "pw", "pop3", "10.0.0.9", "127.0.0.1")
+    assert routed.destination == "old"
+    assert servers.calls == [("old", "alice@example.com"), ("old", "alice@example.com")]
+    assert servers.protocols == ["imap", "pop3"]
 
 
 async def test_refuse_mode_refuses_every_login_during_the_copy() -> None:
