@@ -3,12 +3,14 @@ through `serve`'s listeners and the real Dovecot pair."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import poplib
 import secrets
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,17 @@ async def serve_through(tmp: Path, pair: Pair, nursery: trio.Nursery, source_por
     bound = await nursery.start(service.run)
     ports = {listener.protocol: port for listener, port in bound}
     return service, ports["imap"], ports["pop3"]
+
+
+@contextlib.asynccontextmanager
+async def serving_slowly(tmp: Path, pair: Pair, login: str,
+                         while_copying: str) -> AsyncIterator[tuple[Service, int, int]]:
+    """`login` seeded, and `serve` whose copies read the old server through a slow link: a first pass takes seconds."""
+    seed(pair, login)
+    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
+        async with trio.open_nursery() as nursery:
+            yield await serve_through(tmp, pair, nursery, relay.port, while_copying=while_copying)
+            nursery.cancel_scope.cancel()
 
 
 def state_of(service: Service, login: str) -> str:
@@ -119,46 +132,42 @@ def locked_after_each_event(service: Service, login: str) -> list[tuple[str, boo
 
 async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pair: Pair, tmp_path: Path) -> None:
     login = "keep@example.com"
-    seed(pair, login)
     # The old server behind a slow link: the first pass takes seconds, the user's session is small.
-    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
-        async with trio.open_nursery() as nursery:
-            service, port, _ = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
+    async with serving_slowly(tmp_path, pair, login, "old-server") as (service, port, _):
 
-            def work_during_the_copy() -> tuple[int, set[str], list[str], str, float]:
-                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-                client.login("keep", OLD_PASSWORD)
-                count = inbox_count(client)
-                names = folder_names(client)
-                relayed = service.proxy.old_relays.open_logins()
-                during = state_of(service, login)
-                typ, _ = client.append("INBOX", None, None, make_message("typed-during-the-copy"))
-                assert typ == "OK"
-                # The MX already points at the new server: mail delivered there must survive every pass.
-                deadline = time.monotonic() + 30
-                while state_of(service, login) != "copying" and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                seed_bulk(pair.new, login, "INBOX", [make_message("delivered-to-the-new-server")])
-                return count, names, relayed, during, wait_for_bye(client)
+        def work_during_the_copy() -> tuple[int, set[str], list[str], str, float]:
+            client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+            client.login("keep", OLD_PASSWORD)
+            count = inbox_count(client)
+            names = folder_names(client)
+            relayed = service.proxy.old_relays.open_logins()
+            during = state_of(service, login)
+            typ, _ = client.append("INBOX", None, None, make_message("typed-during-the-copy"))
+            assert typ == "OK"
+            # The MX already points at the new server: mail delivered there must survive every pass.
+            deadline = time.monotonic() + 30
+            while state_of(service, login) != "copying" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seed_bulk(pair.new, login, "INBOX", [make_message("delivered-to-the-new-server")])
+            return count, names, relayed, during, wait_for_bye(client)
 
-            count, names, relayed, during, closed_at = await trio.to_thread.run_sync(work_during_the_copy)
-            assert count == INBOX_MESSAGES and "INBOX" in names and any(n.endswith("2020") for n in names), names
-            assert relayed == [login], "the login was relayed to the old server"
-            assert during in ("verified", "created", "copying")
-            await wait_state(service, login, "completed")
+        count, names, relayed, during, closed_at = await trio.to_thread.run_sync(work_during_the_copy)
+        assert count == INBOX_MESSAGES and "INBOX" in names and any(n.endswith("2020") for n in names), names
+        assert relayed == [login], "the login was relayed to the old server"
+        assert during in ("verified", "created", "copying")
+        await wait_state(service, login, "completed")
 
-            def after_the_switch() -> tuple[int, list[str]]:
-                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-                client.login("keep", OLD_PASSWORD)
-                try:
-                    return inbox_count(client), service.proxy.old_relays.open_logins()
-                finally:
-                    client.logout()
+        def after_the_switch() -> tuple[int, list[str]]:
+            client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+            client.login("keep", OLD_PASSWORD)
+            try:
+                return inbox_count(client), service.proxy.old_relays.open_logins()
+            finally:
+                client.logout()
 
-            count_after, relayed_after = await trio.to_thread.run_sync(after_the_switch)
-            history = service.app.history(login)
-            locks = locked_after_each_event(service, login)
-            nursery.cancel_scope.cancel()
+        count_after, relayed_after = await trio.to_thread.run_sync(after_the_switch)
+        history = service.app.history(login)
+        locks = locked_after_each_event(service, login)
 
     assert relayed_after == [], "after the switch the login went to the new server"
     assert count_after == INBOX_MESSAGES + 2
@@ -187,26 +196,22 @@ async def test_the_user_works_on_the_old_server_during_the_copy_then_switches(pa
 async def test_refuse_mode_refuses_during_the_copy_and_serves_the_new_server_after(
         pair: Pair, tmp_path: Path) -> None:
     login = "refused@example.com"
-    seed(pair, login)
-    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
-        async with trio.open_nursery() as nursery:
-            service, port, _ = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="refuse")
+    async with serving_slowly(tmp_path, pair, login, "refuse") as (service, port, _):
 
-            def log_in() -> imaplib.IMAP4:
-                client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-                client.login("refused", OLD_PASSWORD)
-                return client
+        def log_in() -> imaplib.IMAP4:
+            client = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+            client.login("refused", OLD_PASSWORD)
+            return client
 
-            with pytest.raises(imaplib.IMAP4.error, match="Migration in progress"):
-                await trio.to_thread.run_sync(log_in)
-            assert state_of(service, login) in ("verified", "created", "copying")
-            await wait_state(service, login, "completed")
-            client = await trio.to_thread.run_sync(log_in)
-            assert await trio.to_thread.run_sync(inbox_count, client) == INBOX_MESSAGES
-            assert service.proxy.old_relays.open_logins() == []
-            await trio.to_thread.run_sync(client.logout)
-            names = [event_name(e) for e in service.app.history(login)]
-            nursery.cancel_scope.cancel()
+        with pytest.raises(imaplib.IMAP4.error, match="Migration in progress"):
+            await trio.to_thread.run_sync(log_in)
+        assert state_of(service, login) in ("verified", "created", "copying")
+        await wait_state(service, login, "completed")
+        client = await trio.to_thread.run_sync(log_in)
+        assert await trio.to_thread.run_sync(inbox_count, client) == INBOX_MESSAGES
+        assert service.proxy.old_relays.open_logins() == []
+        await trio.to_thread.run_sync(client.logout)
+        names = [event_name(e) for e in service.app.history(login)]
     assert "CopyCaughtUp" not in names and "SwitchStarted" not in names and names.count("MigrationCompleted") == 1
 
 
@@ -315,27 +320,23 @@ def test_a_node_closes_its_old_server_sessions_when_another_node_switches_the_ac
 async def test_a_pop3_session_on_the_old_server_ends_at_its_next_command_after_the_switch(
         pair: Pair, tmp_path: Path) -> None:
     login = "popper@example.com"
-    seed(pair, login)
-    with FaultyRelay(("127.0.0.1", pair.old.imap_port), bytes_per_second=400_000) as relay:
-        async with trio.open_nursery() as nursery:
-            service, _, port = await serve_through(tmp_path, pair, nursery, relay.port, while_copying="old-server")
+    async with serving_slowly(tmp_path, pair, login, "old-server") as (service, _, port):
 
-            def log_in() -> poplib.POP3:
-                client = poplib.POP3("127.0.0.1", port, timeout=30)
-                client.user("popper")
-                client.pass_(OLD_PASSWORD)
-                return client
+        def log_in() -> poplib.POP3:
+            client = poplib.POP3("127.0.0.1", port, timeout=30)
+            client.user("popper")
+            client.pass_(OLD_PASSWORD)
+            return client
 
-            client = await trio.to_thread.run_sync(log_in)
-            assert (await trio.to_thread.run_sync(client.stat))[0] == INBOX_MESSAGES
-            assert service.proxy.old_relays.open_logins() == [login]
-            await wait_state(service, login, "completed")
-            with pytest.raises(poplib.error_proto, match="moved to the new server"):
-                await trio.to_thread.run_sync(client.stat)
-            again = await trio.to_thread.run_sync(log_in)
-            assert (await trio.to_thread.run_sync(again.stat))[0] == INBOX_MESSAGES
-            await trio.to_thread.run_sync(again.quit)
-            assert service.proxy.old_relays.open_logins() == []
-            switched = service.app.history(login)[-1]
-            nursery.cancel_scope.cancel()
+        client = await trio.to_thread.run_sync(log_in)
+        assert (await trio.to_thread.run_sync(client.stat))[0] == INBOX_MESSAGES
+        assert service.proxy.old_relays.open_logins() == [login]
+        await wait_state(service, login, "completed")
+        with pytest.raises(poplib.error_proto, match="moved to the new server"):
+            await trio.to_thread.run_sync(client.stat)
+        again = await trio.to_thread.run_sync(log_in)
+        assert (await trio.to_thread.run_sync(again.stat))[0] == INBOX_MESSAGES
+        await trio.to_thread.run_sync(again.quit)
+        assert service.proxy.old_relays.open_logins() == []
+        switched = service.app.history(login)[-1]
     assert event_name(switched) == "SwitchedOver" and switched.sessions_closed == 1  # type: ignore[attr-defined]
