@@ -113,11 +113,17 @@ class MigrationService(Application[UUID]):
 
         return self.update_account(login, see, register=True)
 
-    def record_password_verified(self, login: str, method: str) -> bool:
-        """Record a verified password; True when this call moved the account out of `seen`."""
+    def record_password_verified(self, login: str, method: str, while_copying: str = "") -> bool:
+        """Record a verified password; True when this call moved the account out of `seen`.
+
+        `while_copying`: where the user goes while the copy runs, recorded first when due, so that
+        the account is never shown locked in old-server mode.
+        """
 
         def verify(account: AccountMigration) -> bool:
             first = account.state == "seen"
+            if while_copying and account.copy_mode_due(while_copying):
+                account.choose_copy_mode(while_copying)
             account.verify_password(method)
             return first
 
@@ -189,9 +195,27 @@ class MigrationService(Application[UUID]):
         def complete(account: AccountMigration) -> None:
             if node is not None:
                 account.check_owner(node)
-            account.complete_migration(messages, bytes, folders, duration_seconds, passwords_only)
+            account.finish_copy_pass(messages, bytes, folders, duration_seconds, passwords_only)
 
         self.update_account(login, complete)
+
+    def record_copy_mode(self, login: str, while_copying: str) -> None:
+        """Record where the users are served while the copy runs, when due (`AccountMigration.copy_mode_due`)."""
+
+        def choose(account: AccountMigration) -> None:
+            if account.copy_mode_due(while_copying):
+                account.choose_copy_mode(while_copying)
+
+        self.update_account(login, choose)
+
+    def record_switch_started(self, login: str, *, node: str, now: datetime | None = None,
+                              lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """Claim the switch for `node`; `AccountBusy` while another node's lease is live at `now`."""
+        self.update_account(login, lambda a: a.claim_switch(node, now, lease_seconds))
+
+    def record_switched_over(self, login: str, duration_seconds: float, sessions_closed: int,
+                             delta_messages: int) -> None:
+        self.update_account(login, lambda a: a.record_switch(duration_seconds, sessions_closed, delta_messages))
 
     def record_failed(self, login: str, reason: str, retryable: bool, *, node: str | None = None) -> None:
         """Record a failure; with `node`, refused (`LeaseLost`) unless that node holds the lease."""

@@ -17,8 +17,9 @@ from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
     ACCOUNT_TRANSITIONS,
     LEASED_STATES,
-    LOCKED_STATES,
     RUN_TRANSITIONS,
+    completion_event,
+    is_locked,
     next_state,
 )
 
@@ -129,12 +130,32 @@ class AccountMigration(Aggregate):
         def upcast_v2_v3(state: dict[str, object]) -> None:
             state["highest_modseq"] = 0
 
+    class CopyModeChosen(Aggregate.Event):
+        # Where the users are served while the copy runs: old-server | notice | refuse.
+        while_copying: str
+
+    class CopyCaughtUp(_LeaseEvent):
+        """The first pass of an old-server copy is done; the switch follows."""
+
+        messages: int
+        bytes: int
+        folders: int
+        duration_seconds: float
+
+    class SwitchStarted(_LeaseEvent):
+        node: str
+
     class MigrationCompleted(Aggregate.Event):
         messages: int
         bytes: int
         folders: int
         duration_seconds: float
         passwords_only: bool
+
+    class SwitchedOver(Aggregate.Event):
+        duration_seconds: float
+        sessions_closed: int
+        delta_messages: int
 
     class MigrationFailed(Aggregate.Event):
         reason: str
@@ -184,10 +205,12 @@ class AccountMigration(Aggregate):
         self.lease_renewed_at: datetime | None = None
         # The engine of the last copy: "dovecot" promised identity (old UIDs and UIDVALIDITY), "imap" did not.
         self.engine = "imap"
+        # "" for accounts recorded before the choice existed: copied behind the notice.
+        self.while_copying = ""
 
     @property
     def locked(self) -> bool:
-        return self.state in LOCKED_STATES
+        return is_locked(self.state, self.while_copying)
 
     @property
     def created(self) -> bool:
@@ -225,10 +248,32 @@ class AccountMigration(Aggregate):
         engine: str = "imap",
     ) -> None:
         """Start or resume the copy as `node`: refused while another node's lease is live."""
+        self._refuse_foreign_lease(node, now, lease_seconds)
+        self.start_migration(folders, total_messages, total_bytes, attempt, node, engine)
+
+    def copy_mode_due(self, while_copying: str) -> bool:
+        """Whether a copy starting now records its mode: always a change, never a first "notice" (the old default)."""
+        if self.while_copying == while_copying or not self.allows("CopyModeChosen"):
+            return False
+        return bool(self.while_copying) or while_copying == "old-server"
+
+    def claim_switch(self, node: str, now: datetime | None, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        """Start (or resume) the switch as `node`: refused while another node's lease is live."""
+        self._refuse_foreign_lease(node, now, lease_seconds)
+        self.start_switch(node)
+
+    def _refuse_foreign_lease(self, node: str, now: datetime | None, lease_seconds: float) -> None:
         if self.lease_held_by_other(node, now, lease_seconds):
             expires = self.lease_expires_at(lease_seconds)
             raise AccountBusy(self.login, self.node, expires.isoformat(timespec="seconds") if expires else "?")
-        self.start_migration(folders, total_messages, total_bytes, attempt, node, engine)
+
+    def finish_copy_pass(self, messages: int, bytes: int, folders: int, duration_seconds: float,
+                         passwords_only: bool) -> None:
+        """End a copy pass: the first pass of an old-server copy catches up, any other completes the migration."""
+        if not passwords_only and completion_event(self.state, self.while_copying) == "CopyCaughtUp":
+            self.catch_up(messages, bytes, folders, duration_seconds)
+        else:
+            self.complete_migration(messages, bytes, folders, duration_seconds, passwords_only)
 
     def check_owner(self, node: str) -> None:
         """Fencing: refuse a write of a node that no longer holds the lease."""
@@ -318,6 +363,25 @@ class AccountMigration(Aggregate):
             highest_modseq=highest_modseq,
         )
         advance(self.folders, source_folder, later)
+
+    @event(CopyModeChosen)
+    def choose_copy_mode(self, while_copying: str) -> None:
+        self._advance("CopyModeChosen")
+        self.while_copying = while_copying
+
+    @event(CopyCaughtUp)
+    def catch_up(self, messages: int, bytes: int, folders: int, duration_seconds: float) -> None:
+        self._advance("CopyCaughtUp")
+        self.last_error = None
+
+    @event(SwitchStarted)
+    def start_switch(self, node: str) -> None:
+        self._advance("SwitchStarted")
+        self.node = node
+
+    @event(SwitchedOver)
+    def record_switch(self, duration_seconds: float, sessions_closed: int, delta_messages: int) -> None:
+        self._advance("SwitchedOver")
 
     @event(MigrationCompleted)
     def complete_migration(

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Final
 
-ACCOUNT_STATES: Final = ("seen", "verified", "created", "copying", "completed", "swept", "failed")
+ACCOUNT_STATES: Final = (
+    "seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed",
+)
 
 # Logins and rejected passwords are recorded in every state before completion;
 # after completion the new server checks passwords, so the proxy records nothing.
 ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     "seen": {
         "LoginSeen": "seen",
+        "CopyModeChosen": "seen",
         "PasswordRejected": "seen",
         "PasswordVerified": "verified",
     },
@@ -22,6 +25,7 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "LoginSeen": "verified",
         "PasswordRejected": "verified",
         "PasswordVerified": "verified",
+        "CopyModeChosen": "verified",
         "AccountCreated": "created",
         "MigrationFailed": "failed",
     },
@@ -30,6 +34,7 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "AliasesRejected": "created",
         "PasswordRejected": "created",
         "PasswordVerified": "created",
+        "CopyModeChosen": "created",
         "MigrationStarted": "copying",
         # passwords_only: verified, created, done, no mail copied.
         "MigrationCompleted": "completed",
@@ -42,10 +47,35 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         # A resume after a crash or restart starts again from the checkpoints.
         "MigrationStarted": "copying",
         "FolderCopied": "copying",
+        "CopyModeChosen": "copying",
+        # while_copying = "old-server": the first pass ends here, the switch follows.
+        "CopyCaughtUp": "copied",
+        "MigrationCompleted": "completed",
+        "MigrationFailed": "failed",
+    },
+    # Copied while the user kept working on the old server; the switch is due.
+    "copied": {
+        "LoginSeen": "copied",
+        "PasswordRejected": "copied",
+        "PasswordVerified": "copied",
+        "CopyModeChosen": "copied",
+        "SwitchStarted": "switching",
+        "MigrationFailed": "failed",
+    },
+    # The final delta pass: the user's old sessions are closed, logins wait.
+    "switching": {
+        "LoginSeen": "switching",
+        "PasswordRejected": "switching",
+        "PasswordVerified": "switching",
+        # A node resuming an interrupted switch claims it again.
+        "SwitchStarted": "switching",
+        "MigrationStarted": "switching",
+        "FolderCopied": "switching",
         "MigrationCompleted": "completed",
         "MigrationFailed": "failed",
     },
     "completed": {
+        "SwitchedOver": "completed",
         "PasswordVerified": "completed",
         "PostScriptRan": "completed",
         "FinishSwept": "swept",
@@ -62,19 +92,30 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "PasswordRejected": "failed",
         "PasswordVerified": "failed",
         "AccountCreated": "created",
+        "CopyModeChosen": "failed",
         "MigrationStarted": "copying",
         "MigrationFailed": "failed",
     },
 }
 
-# Locked users cannot reach their mail; the proxy shows them the notice mailbox.
-LOCKED_STATES: Final = frozenset({"verified", "created", "copying", "failed"})
+# Locked users cannot reach their mail; the proxy shows them the notice mailbox
+# (while_copying = "old-server" locks only `switching`: see `is_locked`).
+LOCKED_STATES: Final = frozenset({"verified", "created", "copying", "failed", "switching"})
 # Migrated: the new server holds the mail and checks the password.
 SETTLED_STATES: Final = frozenset({"completed", "swept"})
 # Not yet verified: the old server still serves these users.
 UNVERIFIED_STATES: Final = frozenset({"seen"})
-# A node copying the account holds a lease; a failed copy keeps it until it expires.
-LEASED_STATES: Final = frozenset({"copying", "failed"})
+# A node copying or switching the account holds a lease; a failed copy keeps it until it expires.
+LEASED_STATES: Final = frozenset({"copying", "copied", "switching", "failed"})
+# A copy or a switch is due: a restarted node resumes these.
+UNFINISHED_STATES: Final = LOCKED_STATES | {"copied"}
+# No user session may stay on the old server: the switch runs or ran.
+MOVED_STATES: Final = frozenset({"switching", "completed", "swept"})
+# The first copy has caught up: what is left is the switch.
+SWITCH_STATES: Final = frozenset({"copied", "switching"})
+
+WHILE_COPYING_MODES: Final = ("old-server", "notice", "refuse")
+DEFAULT_WHILE_COPYING: Final = "old-server"
 
 RUN_STATES: Final = ("stopped", "started", "finishing", "finished")
 
@@ -103,6 +144,23 @@ RUN_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "FinishRequested": "finishing",
     },
 }
+
+
+def is_locked(state: str, while_copying: str) -> bool:
+    """Whether the account's users are kept from their mail in `state`, the copy having run in `while_copying` mode.
+
+    An empty mode is an account recorded before the choice existed: it was copied behind the notice.
+    """
+    if while_copying == "old-server":
+        return state == "switching"
+    return state in LOCKED_STATES
+
+
+def completion_event(state: str, while_copying: str) -> str:
+    """The event that ends a copy pass in `state`: in old-server mode the first pass only catches up."""
+    if state == "copying" and while_copying == "old-server":
+        return "CopyCaughtUp"
+    return "MigrationCompleted"
 
 
 def next_state(table: dict[str, dict[str, str]], state: str, event_name: str) -> str | None:

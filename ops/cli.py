@@ -208,12 +208,16 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     for key in ("login", "state", "locked", "redirect", "target_login", "aliases", "messages", "bytes",
                 "skipped", "attempts", "first_seen", "verified_at", "started_at", "completed_at",
-                "swept_messages", "credential_destroyed_at", "engine", "identity", "error"):
+                "swept_messages", "credential_destroyed_at", "engine", "identity", "while_copying", "switch",
+                "error"):
         value = doc.get(key)
         if key == "bytes":
             value = f"{value:,} ({human_bytes(doc['bytes'])})"
         elif isinstance(value, list):
             value = ", ".join(value) or "-"
+        elif key == "switch" and isinstance(value, dict):
+            value = (f"{value['duration_seconds']:.2f} s at {value['at']}, {value['sessions_closed']} old-server "
+                     f"sessions closed, {value['delta_messages']:,} messages in the final delta")
         print(f"{key + ':':24} {'-' if value is None else value}")
     for conflict in doc.get("alias_conflicts", []):
         print(f"{'alias not applied:':24} {conflict['address']} ({conflict['reason']})")

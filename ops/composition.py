@@ -27,6 +27,7 @@ from mailmigrator.adapters.mail.servers import AccountCopier, MailServers, Sourc
 from mailmigrator.adapters.mail.sweep import AccountSweeper, SweepRecorder
 from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
 from mailmigrator.adapters.proxy.listeners import LoginProxy, ProxyLimits, server_ssl_context
+from mailmigrator.adapters.proxy.open_relays import OpenRelays
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript
 from mailmigrator.adapters.store.event_store import StoreError, check_store, parse_store_url, read_key_file, store_environment
@@ -35,13 +36,14 @@ from mailmigrator.adapters.store.vault import CredentialVault, VaultError, Wrong
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.errors import MigrationRefused
-from mailmigrator.domain.states import LOCKED_STATES
+from mailmigrator.domain.states import UNFINISHED_STATES
 from mailmigrator.domain.use_cases.background import MigrationQueue
 from mailmigrator.domain.use_cases.finish_sweep import FinishSweep
 from mailmigrator.domain.use_cases.first_login import FirstLogin, LoginSettings, RunState
 from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationSettings
-from mailmigrator.domain.use_cases.ports import Copier, CopyResult, Progress
+from mailmigrator.domain.use_cases.ports import ClientSessions, Copier, CopyResult, NoClientSessions, Progress
+from mailmigrator.domain.use_cases.switch_over import SwitchOver
 from mailmigrator.domain.use_cases.records import MigrationRecords
 from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetConfig, read_secret_file
 from mailmigrator.ops.preflight import copy_engine_choice
@@ -166,7 +168,7 @@ def migration_settings(config: Config) -> MigrationSettings:
     return MigrationSettings(
         passwords_only=m.passwords_only, access_mode=m.access_mode, use_x_envelope_to=m.use_x_envelope_to,
         migrated_domains=frozenset(d for d in (m.primary_domain, *m.domains.values()) if d),
-        source_protocol=require_source(config).protocol,
+        source_protocol=require_source(config).protocol, while_copying=m.while_copying,
     )
 
 
@@ -194,10 +196,11 @@ class Migration:
 
 def build_migration(config: Config, app: MigrationService, *, records: MigrationRecords | None = None,
                     progress: CopyProgress | None = None, limit: AdaptiveLimit | None = None,
-                    need_target: bool = True) -> Migration:
+                    need_target: bool = True, sessions: ClientSessions | None = None) -> Migration:
     """The migrate-one-account use case wired to the configured servers, provisioner, vault, alias map and script.
 
-    `limit` is the node's limit on connections to the old server when another part of the process has it.
+    `limit` is the node's limit on connections to the old server when another part of the process has it;
+    `sessions` the proxy's relays to the old server, which an account's switch closes.
     """
     servers = mail_servers(config, need_target=need_target)
     progress = progress or CopyProgress()
@@ -211,12 +214,15 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
         copier = account_copier(config, app, servers, limit, progress)
     target, m = config.target, config.migration
     vault = open_vault(config, app)
+    records = records or MigrationRecords(app)
+    switch = SwitchOver(records, copier, sessions or NoClientSessions(), m.node_name, m.lease_seconds)
     migrate = MigrateAccount(
-        records or MigrationRecords(app), servers, copier, migration_settings(config),
+        records, servers, copier, migration_settings(config),
         accounts=optional_provisioner(config), vault=vault,
         alias_file=AliasMap(target.alias_map) if target is not None and target.alias_map is not None else None,
         script=(PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout, m.post_migrate_password)
                 if m.post_migrate_script else None),
+        switch=switch,
     )
     return Migration(migrate, servers, vault, limit, progress)
 
@@ -228,7 +234,8 @@ class AccountViews:
         self.views = views
 
     def locked(self) -> list[str]:
-        return [login for logins in self.logins_in(LOCKED_STATES).values() for login in logins]
+        """Accounts a copy or a switch is due for: locked ones, and copied ones awaiting their switch."""
+        return [login for logins in self.logins_in(UNFINISHED_STATES).values() for login in logins]
 
     def logins_in(self, states: frozenset[str]) -> dict[str, list[str]]:
         self.views.catch_up()
@@ -280,7 +287,7 @@ def login_settings(config: Config) -> LoginSettings:
     m, source = config.migration, require_source(config)
     return LoginSettings(primary_domain=m.primary_domain, domains=dict(m.domains), passwords_only=m.passwords_only,
                          migration_account=m.migration_account, source_protocol=source.protocol,
-                         login_format=source.login_format)
+                         login_format=source.login_format, while_copying=m.while_copying)
 
 
 @dataclass
@@ -312,7 +319,8 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
         raise ConfigError("[target] provisioning = \"passwd-file\" needs passwd_file")
     m = config.migration
     records = MigrationRecords(app)
-    migration = build_migration(config, app, records=records)
+    old_relays = OpenRelays()
+    migration = build_migration(config, app, records=records, sessions=old_relays)
     queue = MigrationQueue(migration.migrate, m.concurrency)
     run_state = RunState()
     first_login = FirstLogin(records, server_backends(config, migration.servers), queue, migration.migrate,
@@ -323,7 +331,7 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
     p = config.proxy
     context = server_ssl_context(p.tls_cert, p.tls_key) if p.tls_cert and p.tls_key else None
     proxy = LoginProxy(first_login, throttle or LoginThrottle(), context, limits or proxy_limits(config),
-                       p.require_tls_for_login)
+                       p.require_tls_for_login, old_relays)
     return Node(config, app, records, views, migration, queue, first_login, takeover, proxy, run_state)
 
 

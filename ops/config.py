@@ -36,6 +36,7 @@ from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.adapters.scripts.post_migrate import PasswordHandover
 from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS
+from mailmigrator.domain.states import DEFAULT_WHILE_COPYING
 
 
 class ConfigError(ExplainedError):
@@ -271,6 +272,9 @@ class MigrationConfig(_Section):
     access_mode: Literal["username", "standard", "extended"] = "username"
     use_x_envelope_to: bool = True
     passwords_only: bool = False
+    # Where users are served while their mail copies: old-server (passed through; a switch follows the copy),
+    # notice (the migration_account mailbox) or refuse ("Migration in progress, try again later").
+    while_copying: Literal["old-server", "notice", "refuse"] = DEFAULT_WHILE_COPYING
     post_migrate_script: ConfigPath = None
     post_migrate_timeout: float = Field(default=60.0, gt=0, description="seconds")
     # How the script gets the password: stdin (a line), env (MAILMIGRATOR_PASSWORD) or argv (visible in `ps`).

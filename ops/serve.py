@@ -24,6 +24,7 @@ from mailmigrator.adapters.proxy.listeners import LoginProxy
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.proxy.listeners import ProxyLimits
 from mailmigrator.domain.application import MigrationService
+from mailmigrator.domain.use_cases.switch_over import close_moved_sessions
 from mailmigrator.ops.composition import Node, build_node, mail_servers, target_address
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.finish import FinishReport, finish_migration
@@ -36,6 +37,8 @@ log = structlog.get_logger("mailmigrator.serve")
 RUN_STATE_POLL = 1.0
 NODE_REPORT_INTERVAL = 5.0
 PROJECTION_POLL = 2.0
+# How often a node looks whether accounts it relays to the old server were switched elsewhere.
+MOVED_SESSIONS_POLL = 2.0
 
 
 def listeners_of(config: Config) -> list[Listener]:
@@ -70,6 +73,7 @@ class Service:
             nursery.start_soon(self._follow)
             nursery.start_soon(self._take_over_expired)
             nursery.start_soon(self._report_node)
+            nursery.start_soon(self._close_moved_sessions)
             await node.takeover.resume_locked()
             bound = await nursery.start(node.proxy.serve, listeners_of(node.config))
             task_status.started(bound)
@@ -132,6 +136,16 @@ class Service:
                 await node.takeover.take_over_expired(datetime.now(timezone.utc))
             except Exception as e:  # a store hiccup must not stop the service
                 log.warning("cannot look for expired leases", error=describe_error(e))
+
+    async def _close_moved_sessions(self) -> None:
+        """Close relays to the old server whose account another node (or `migrate`) switched."""
+        node = self.node
+        while True:
+            await trio.sleep(MOVED_SESSIONS_POLL)
+            try:
+                await close_moved_sessions(node.records, node.proxy.old_relays)
+            except Exception as e:  # a store hiccup must not stop the service
+                log.warning("cannot look for moved accounts", error=describe_error(e))
 
     async def _follow(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from eventsourcing.domain import Aggregate
 
 from mailmigrator.domain.model import AccountMigration as Account
 from mailmigrator.domain.model import MigrationRun as Run
-from mailmigrator.domain.states import LEASED_STATES, LOCKED_STATES, SETTLED_STATES
+from mailmigrator.domain.states import LEASED_STATES, SETTLED_STATES, is_locked
 
 
 class FolderDoc(TypedDict):
@@ -34,6 +34,13 @@ class PostScriptDoc(TypedDict):
     exit_status: int
     duration_seconds: float
     timed_out: bool
+    at: str
+
+
+class SwitchDoc(TypedDict):
+    duration_seconds: float
+    sessions_closed: int
+    delta_messages: int
     at: str
 
 
@@ -74,6 +81,9 @@ class AccountDoc(TypedDict):
     # The engine of the last copy ("dovecot", "imap"; "" before any) and what it means for mail clients.
     engine: str
     identity: str
+    # Older stored documents lack these two; a replay adds them.
+    while_copying: NotRequired[str]
+    switch: NotRequired[SwitchDoc | None]
     # Added by the queries, not stored: where a locked user's mail client is sent.
     redirect: NotRequired[str | None]
 
@@ -140,6 +150,8 @@ def new_account_doc(login: str, at: str) -> AccountDoc:
         "lease_renewed_at": None,
         "engine": "",
         "identity": "",
+        "while_copying": "",
+        "switch": None,
     }
 
 
@@ -172,6 +184,18 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
         _copy_started(doc, event, at)
     elif isinstance(event, Account.FolderCopied):
         _folder_copied(doc, event, at)
+    elif isinstance(event, Account.CopyModeChosen):
+        doc["while_copying"] = event.while_copying
+    elif isinstance(event, Account.CopyCaughtUp):
+        doc["state"] = "copied"
+        doc["lease_renewed_at"] = at
+    elif isinstance(event, Account.SwitchStarted):
+        doc["state"] = "switching"
+        doc["node"] = event.node
+        doc["lease_renewed_at"] = at
+    elif isinstance(event, Account.SwitchedOver):
+        doc["switch"] = {"duration_seconds": event.duration_seconds, "sessions_closed": event.sessions_closed,
+                         "delta_messages": event.delta_messages, "at": at}
     elif isinstance(event, Account.MigrationCompleted):
         doc["state"] = "completed"
         doc["completed_at"] = at
@@ -197,7 +221,7 @@ def apply_to_account(doc: AccountDoc, event: Aggregate.Event) -> None:
         doc["swept_at"] = at
     elif isinstance(event, Account.CredentialDestroyed):
         doc["credential_destroyed_at"] = at
-    doc["locked"] = doc["state"] in LOCKED_STATES
+    doc["locked"] = is_locked(doc["state"], doc.get("while_copying", ""))
 
 
 IDENTITY_KEPT = "identity kept: UIDs and UIDVALIDITY as on the old server"
@@ -215,7 +239,9 @@ def _new_folder(target: str, planned_messages: int) -> FolderDoc:
 
 
 def _copy_started(doc: AccountDoc, event: Account.MigrationStarted, at: str) -> None:
-    doc["state"] = "copying"
+    # The switch's final delta is a copy pass too; the account stays switching.
+    if doc["state"] != "switching":
+        doc["state"] = "copying"
     doc["started_at"] = doc["started_at"] or at
     doc["attempts"] = event.attempt
     doc["planned_messages"] = event.total_messages

@@ -54,6 +54,18 @@ def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
         text += _folder_lines(event)
     elif isinstance(event, Account.MigrationCompleted):
         text.append(_completed_line(event))
+    elif isinstance(event, Account.CopyModeChosen):
+        text.append(_copy_mode_line(event.while_copying))
+    elif isinstance(event, Account.CopyCaughtUp):
+        text.append(f"first copy done: {event.folders} folders, {event.messages:,} messages, "
+                    f"{human_bytes(event.bytes)} in {event.duration_seconds:,.1f} s; the switch follows")
+    elif isinstance(event, Account.SwitchStarted):
+        text.append(f"switch started on {event.node or 'this node'}: old-server sessions closed, "
+                    "final delta copying, logins wait")
+    elif isinstance(event, Account.SwitchedOver):
+        text.append(f"SWITCHED OVER to the new server in {event.duration_seconds:.2f} s: "
+                    f"{event.sessions_closed} old-server sessions closed, {event.delta_messages:,} messages "
+                    "in the final delta")
     elif isinstance(event, Account.MigrationFailed):
         then = (
             "it will be retried automatically"
@@ -87,6 +99,14 @@ def _completed_line(event: Account.MigrationCompleted) -> str:
     rate = event.bytes / event.duration_seconds if event.duration_seconds > 0 else 0.0
     return (f"migration completed: {event.folders} folders, {event.messages:,} messages, "
             f"{human_bytes(event.bytes)} in {event.duration_seconds:,.1f} s ({human_bytes(int(rate))}/s)")
+
+
+def _copy_mode_line(while_copying: str) -> str:
+    if while_copying == "old-server":
+        return "while the mail copies, the user keeps working on the old server"
+    if while_copying == "refuse":
+        return "while the mail copies, logins are refused"
+    return "while the mail copies, the user sees the notice mailbox"
 
 
 def _script_line(event: Account.PostScriptRan) -> str:

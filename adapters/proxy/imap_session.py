@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 _NOTICE_WITHHELD_CAPABILITIES = ("IDLE", "NOTIFY")
 
 
+MOVED_BYE = b"* BYE [UNAVAILABLE] Your mailbox has moved to the new server; please connect again.\r\n"
+
+
 class SaslCancelled(Exception):
     """The client answered a SASL challenge with `*`."""
 
@@ -210,7 +213,18 @@ class ImapSession(PreAuthSession):
             send_timeout = self.proxy.limits.relay_send_timeout
             if routed.destination == "notice":
                 await relay_read_only_imap(self.stream, session, leftover, self.reader, send_timeout)
+            elif routed.destination == "old":
+                await self.relay_until_moved(routed, leftover, send_timeout)
             else:
                 await relay(self.stream, session, leftover, send_timeout)
         finally:
             await session.aclose()
+
+    async def relay_until_moved(self, routed: Routed[BackendSession], leftover: bytes, send_timeout: float) -> None:
+        """Relay to the old server until either side ends, or the account's switch closes the relay."""
+        with self.proxy.old_relays.holding(routed.login, "imap") as held:
+            await relay(self.stream, routed.session, leftover, send_timeout)
+        if held.moved:
+            # RFC 3501 section 7.1.5: BYE, then the server closes the connection.
+            with trio.move_on_after(send_timeout):
+                await self.stream.send_all(MOVED_BYE)

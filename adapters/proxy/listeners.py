@@ -24,6 +24,7 @@ from mailmigrator.adapters.proxy.imap_session import ImapSession
 from mailmigrator.adapters.proxy.pop3_session import Pop3Session
 from mailmigrator.adapters.proxy.pre_auth_session import tls_handshake
 from mailmigrator.adapters.proxy.backends import BackendSession
+from mailmigrator.adapters.proxy.open_relays import OpenRelays
 from mailmigrator.adapters.proxy.protocol_errors import ServerError, authentication_failed, migration_in_progress
 from mailmigrator.adapters.proxy.relay import CONNECTION_ENDS
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
@@ -33,6 +34,7 @@ from mailmigrator.domain.use_cases.first_login import (
     MigrationInProgress,
     Routed,
     ServerUnavailable,
+    SwitchInProgress,
 )
 
 log = structlog.get_logger("mailmigrator.proxy")
@@ -98,6 +100,8 @@ class LoginProxy:
     ssl_context: ssl.SSLContext | None = None
     limits: ProxyLimits = field(default_factory=ProxyLimits)
     require_tls_for_login: bool = False
+    # Relays to the old server, closed when their account switches to the new one.
+    old_relays: OpenRelays = field(default_factory=OpenRelays)
     slots: ConnectionSlots = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +208,9 @@ class LoginProxy:
         except MigrationInProgress:
             attempt.release()
             raise migration_in_progress() from None
+        except SwitchInProgress as e:
+            attempt.release()
+            raise ServerError(str(e), "UNAVAILABLE", "IN-USE") from None
         except BaseException:
             attempt.release()
             raise

@@ -10,7 +10,7 @@ from mailmigrator.adapters.proxy.imap_protocol import decode_initial_response, d
 from mailmigrator.adapters.proxy.pop3_protocol import LineTooLong, Pop3LineReader, parse_pop3_command
 from mailmigrator.adapters.proxy.pre_auth_session import PreAuthSession
 from mailmigrator.adapters.proxy.protocol_errors import CommandSyntaxError, ProtocolError, UserError, pop3_reply
-from mailmigrator.adapters.proxy.relay import relay, relay_read_only_pop3
+from mailmigrator.adapters.proxy.relay import relay, relay_pop3_until_moved, relay_read_only_pop3
 
 if TYPE_CHECKING:
     from mailmigrator.adapters.proxy.listeners import LoginProxy
@@ -140,6 +140,10 @@ class Pop3Session(PreAuthSession):
             send_timeout = self.proxy.limits.relay_send_timeout
             if routed.destination == "notice":
                 await relay_read_only_pop3(self.stream, routed.session, leftover, send_timeout)
+            elif routed.destination == "old":
+                with self.proxy.old_relays.holding(routed.login, "pop3") as held:
+                    await relay_pop3_until_moved(self.stream, routed.session, leftover, send_timeout,
+                                                 lambda: held.moved)
             else:
                 await relay(self.stream, routed.session, leftover, send_timeout)
         finally:

@@ -34,6 +34,8 @@ NOTICE_POP3_COMMANDS = frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "NOOP",
 # backend answers NO in its proper place in the response stream.
 _READ_ONLY_PROBE = b' STATUS "Migration in progress: this mailbox is read-only" (MESSAGES)\r\n'
 _READ_ONLY_POP3_REFUSAL = b"-ERR [SYS/PERM] Migration in progress: this mailbox is read-only.\r\n"
+_MOVED_POP3_REPLY = b"-ERR [IN-USE] Your mailbox has moved to the new server; please connect again.\r\n"
+_POP3_LINE_TOO_LONG = b"-ERR Line too long.\r\n"
 
 CONNECTION_ENDS = (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ssl.SSLError, OSError)
 """What ends a connection or a relay quietly: a side gone, TLS broken, or a peer not reading for `send_timeout`."""
@@ -178,6 +180,27 @@ async def relay_read_only_pop3(
                 yield line + b"\r\n", b"", False
             else:
                 yield b"", _READ_ONLY_POP3_REFUSAL, False
+
+    await _relay_screened(client, session, leftover, screen, send_timeout)
+
+
+async def relay_pop3_until_moved(
+    client: trio.abc.Stream, session: BackendSession, leftover: bytes, send_timeout: float,
+    moved: Callable[[], bool],
+) -> None:
+    """Relay a POP3 session with the old server until `moved()`: the client's next command is then
+    answered -ERR and the connection ends, so that a download in progress finishes first."""
+    lines = Pop3LineReader()
+
+    def screen(data: bytes) -> Iterator[NoticeReply]:
+        for line in lines.feed(data):
+            if moved():
+                yield b"", _MOVED_POP3_REPLY, True
+                return
+            if isinstance(line, bytes):
+                yield line + b"\r\n", b"", False
+            else:
+                yield b"", _POP3_LINE_TOO_LONG, False
 
     await _relay_screened(client, session, leftover, screen, send_timeout)
 

@@ -20,7 +20,7 @@ import trio
 
 from mailmigrator.domain.checkpoints import CheckpointFields
 from mailmigrator.domain.model import AccountMigration
-from mailmigrator.domain.states import LOCKED_STATES, SETTLED_STATES
+from mailmigrator.domain.states import SETTLED_STATES, UNFINISHED_STATES
 from mailmigrator.domain.use_cases.lease_takeover import resume_credentials
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount
 from mailmigrator.domain.use_cases.ports import CredentialStore, MailServers
@@ -100,11 +100,11 @@ class FinishSweep:
 
     async def run(self, show: Callable[[Callable[[], str]], Awaitable[None]] | None = None) -> FinishReport:
         """Complete, sweep, then record `FinishCompleted` with the sweep's totals."""
-        by_state = await self.records.in_thread(lambda: self.views.logins_in(LOCKED_STATES | SETTLED_STATES))
+        by_state = await self.records.in_thread(lambda: self.views.logins_in(UNFINISHED_STATES | SETTLED_STATES))
         async with trio.open_nursery() as nursery:
             if show is not None:
                 nursery.start_soon(show, self.report.line)
-            await self.complete_pending([login for state in sorted(LOCKED_STATES)
+            await self.complete_pending([login for state in sorted(UNFINISHED_STATES)
                                          for login in by_state.get(state, [])])
             settled = [login for state in sorted(SETTLED_STATES) for login in by_state.get(state, [])]
             await self.sweep_all(settled + [a.login for a in self.report.accounts if a.result == "completed"])

@@ -28,7 +28,7 @@ from mailmigrator.domain.routing import (
     first_road,
     password_check_protocol,
 )
-from mailmigrator.domain.states import SETTLED_STATES
+from mailmigrator.domain.states import DEFAULT_WHILE_COPYING, SETTLED_STATES, UNVERIFIED_STATES
 from mailmigrator.domain.use_cases.background import MigrationQueue
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount
 from mailmigrator.domain.use_cases.ports import BackendDown, BackendRefused, Backends, CredentialStore, Session
@@ -38,6 +38,9 @@ log = structlog.get_logger("mailmigrator.routing")
 
 # A known account's rejected passwords are kept as events at most once per this many seconds per node.
 REJECTION_EVENT_INTERVAL = 3600.0
+# A login during an account's switch waits this long for it to end (the final delta takes seconds).
+SWITCH_WAIT_SECONDS = 5.0
+SWITCH_POLL_SECONDS = 0.2
 MAX_REMEMBERED_REJECTIONS = 100_000
 
 
@@ -59,6 +62,13 @@ class MigrationInProgress(ExplainedError):
         super().__init__("Migration in progress, try again later")
 
 
+class SwitchInProgress(ExplainedError):
+    """The account is switching to the new server and the switch did not end while the login waited."""
+
+    def __init__(self) -> None:
+        super().__init__("Your mailbox is moving to the new server, try again in a moment")
+
+
 @dataclass
 class RunState:
     """The run's state as this node last read it from the store."""
@@ -76,6 +86,8 @@ class LoginSettings:
     migration_account: str = ""
     source_protocol: str = "imap"  # imap | pop3 | both
     login_format: str = "as-typed"  # as-typed | email | local-part
+    while_copying: str = DEFAULT_WHILE_COPYING  # old-server | notice | refuse
+    switch_wait_seconds: float = SWITCH_WAIT_SECONDS
 
 
 SessionT = TypeVar("SessionT", bound=Session)
@@ -146,7 +158,8 @@ class FirstLogin(Generic[SessionT]):
 
     async def route(self, raw_login: str, password: str, protocol: MailProtocol, client_address: str,
                     local_address: str) -> Routed[SessionT]:
-        """Log the client in somewhere, or raise `AuthenticationFailed`, `ServerUnavailable`, `MigrationInProgress`."""
+        """Log the client in somewhere, or raise `AuthenticationFailed`, `ServerUnavailable`, `MigrationInProgress`,
+        `SwitchInProgress`."""
         login = self.normalise(raw_login, local_address)
         user = Credentials(login, password)
         if login in self._settled:
@@ -155,36 +168,67 @@ class FirstLogin(Generic[SessionT]):
         held = self.queue.credentials_for(login)
         road = first_road(account.state if account else None, self.run_state.state,
                           holds_same_password=held is not None
-                          and hmac.compare_digest(held.password.encode(), password.encode()))
+                          and hmac.compare_digest(held.password.encode(), password.encode()),
+                          while_copying=self.settings.while_copying)
         if road == "new":
             assert account is not None
             return await self.to_settled(login, user, protocol, account)
+        if road == "wait":
+            await self.wait_for_switch(login)
+            return await self.route(raw_login, password, protocol, client_address, local_address)
         if road == "old":
             routed = await self.pass_through(login, raw_login, password, protocol)
-            await self.records.login_seen(login, protocol, client_address, local_address)
+            if account is None or account.state in UNVERIFIED_STATES:
+                await self.records.login_seen(login, protocol, client_address, local_address)
             return routed
         if road == "notice":
             return await self.to_notice(login, protocol)
+        if road == "refuse":
+            raise MigrationInProgress()
         return await self.verify_and_migrate(login, raw_login, password, protocol, account,
                                              (client_address, local_address))
+
+    async def wait_for_switch(self, login: str) -> None:
+        """Wait while the account switches to the new server; `SwitchInProgress` when it takes too long."""
+        with trio.move_on_after(self.settings.switch_wait_seconds):
+            while True:
+                await trio.sleep(SWITCH_POLL_SECONDS)
+                account = await self.records.account_or_none(login)
+                if account is None or account.state != "switching":
+                    return
+        raise SwitchInProgress()
 
     async def verify_and_migrate(self, login: str, raw_login: str, password: str, protocol: MailProtocol,
                                  account: AccountMigration | None, addresses: tuple[str, str]) -> Routed[SessionT]:
         """Check the password on the old server, record it, and migrate: in the background, or at once."""
-        await self.verify(login, raw_login, password, protocol, known=account is not None)
-        if account is None or account.state == "seen":
-            await self.records.login_seen(login, protocol, *addresses)
-        method = f"{password_check_protocol(protocol, self.settings.source_protocol)}-login"
-        first = await self.records.password_verified(login, method)
-        credentials = Credentials(self.source_name(login, raw_login), password)
+        checked_over = password_check_protocol(protocol, self.settings.source_protocol)
         landing = after_verification(passwords_only=self.settings.passwords_only,
-                                     has_notice_account=bool(self.settings.migration_account))
+                                     has_notice_account=bool(self.settings.migration_account),
+                                     while_copying=self.settings.while_copying)
+        # Landing on the old server: the session that checked the password is relayed when it speaks
+        # the client's protocol.
+        session = await self.verify(login, raw_login, password, protocol, known=account is not None,
+                                    keep=landing == "old" and checked_over == protocol)
+        try:
+            if account is None or account.state == "seen":
+                await self.records.login_seen(login, protocol, *addresses)
+            first = await self.records.password_verified(login, f"{checked_over}-login", self.settings.while_copying)
+        except BaseException:
+            if session is not None:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+            raise
+        credentials = Credentials(self.source_name(login, raw_login), password)
         if landing == "new":
             await self.migrate_password(login, credentials)
             return await self.to_new(login, Credentials(login, password), protocol)
         if first:
             log.info("migration triggered", login=login)
         self.queue.begin(login, credentials)
+        if session is not None:
+            return Routed(login, "old", session)
+        if landing == "old":
+            return await self.pass_through(login, raw_login, password, protocol)
         if landing == "refuse":
             raise MigrationInProgress()
         return await self.to_notice(login, protocol)
@@ -224,8 +268,12 @@ class FirstLogin(Generic[SessionT]):
             return local_part(login)
         return raw_login
 
-    async def verify(self, login: str, raw_login: str, password: str, protocol: MailProtocol, *, known: bool) -> None:
-        """Check the password on the old server; only a known account's rejection may become an event."""
+    async def verify(self, login: str, raw_login: str, password: str, protocol: MailProtocol, *, known: bool,
+                     keep: bool = False) -> SessionT | None:
+        """Check the password on the old server; only a known account's rejection may become an event.
+
+        With `keep` the logged-in session is returned for the proxy to relay, else closed.
+        """
         check = Credentials(self.source_name(login, raw_login), password)
         try:
             session = await self.backends.old(password_check_protocol(protocol, self.settings.source_protocol), check)
@@ -238,7 +286,10 @@ class FirstLogin(Generic[SessionT]):
         except BackendDown as e:
             log.warning("old server unavailable", login=login, error=str(e))
             raise ServerUnavailable("The old mail server is unavailable, try again later.") from None
+        if keep:
+            return session
         await session.aclose()
+        return None
 
     async def pass_through(self, login: str, raw_login: str, password: str, protocol: MailProtocol) -> Routed[SessionT]:
         check = Credentials(self.source_name(login, raw_login), password)

@@ -4,8 +4,9 @@ The proxy's background queue, `migrate --user`, `migrate --bulk`, the console's
 Manual tab and `finish` all come here: keep the verified password for later
 passes; create the account on the new server with the aliases its mail shows
 (per `access_mode`) and write the alias map; copy every folder (or, with
-`passwords_only`, only set the password); complete; run the post-migrate
-script. A failure is recorded here, on the account, and returned.
+`passwords_only`, only set the password); complete, or, when the users kept
+working on the old server during the copy, switch them over (`switch_over`);
+run the post-migrate script. A failure is recorded here, on the account, and returned.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mailmigrator.domain.errors import (
     failure_text,
 )
 from mailmigrator.domain.logins import domain_part
-from mailmigrator.domain.states import SETTLED_STATES
+from mailmigrator.domain.states import DEFAULT_WHILE_COPYING, SETTLED_STATES, SWITCH_STATES
 from mailmigrator.domain.use_cases.ports import (
     AliasFile,
     Copier,
@@ -40,6 +41,7 @@ from mailmigrator.domain.use_cases.ports import (
     ScriptRun,
 )
 from mailmigrator.domain.use_cases.records import MigrationRecords
+from mailmigrator.domain.use_cases.switch_over import SwitchOver
 
 log = structlog.get_logger("mailmigrator.migrate")
 
@@ -53,6 +55,7 @@ class MigrationSettings:
     use_x_envelope_to: bool = False
     migrated_domains: frozenset[str] = frozenset()
     source_protocol: str = "imap"  # imap | pop3 | both
+    while_copying: str = DEFAULT_WHILE_COPYING  # old-server | notice | refuse
 
 
 @dataclass
@@ -82,6 +85,8 @@ class MigrateAccount:
     vault: CredentialStore | None = None
     alias_file: AliasFile | None = None
     script: PostMigrateScript | None = None
+    # The switch after an old-server copy; built over `copier` when not given.
+    switch: SwitchOver | None = None
     _creating: dict[str, trio.Lock] = field(default_factory=dict)
 
     async def verify(self, typed: str, login: str, password: str, method: str = "manual") -> None:
@@ -93,7 +98,7 @@ class MigrateAccount:
             raise MigrationRefused(f"the old server refused the password: {e}") from None
         except MailServerError as e:
             raise MigrationRefused(f"cannot reach the old server: {e}") from None
-        await self.records.password_verified(login, method)
+        await self.records.password_verified(login, method, self.settings.while_copying)
 
     async def with_password(self, typed: str, login: str, password: str, *, aliases: Sequence[str] = (),
                             method: str = "manual", progress: Progress | None = None) -> MigrationOutcome:
@@ -137,8 +142,15 @@ class MigrateAccount:
             await self.records.passwords_only_completed(login)
             return MigrationOutcome(login, True, "password set, no mail copied (passwords only)")
         account = await self.records.account(login)
-        result = await self.copier.copy(login, credentials.login, credentials.password or None,
-                                        account.target_login or login, progress)
+        target_login = account.target_login or login
+        if account.state in SWITCH_STATES:
+            return await self.switch_over(login, credentials, target_login, progress)
+        if account.copy_mode_due(self.settings.while_copying):
+            await self.records.copy_mode_chosen(login, self.settings.while_copying)
+        result = await self.copier.copy(login, credentials.login, credentials.password or None, target_login,
+                                        progress)
+        if result.ok and (await self.records.account(login)).state in SWITCH_STATES:
+            return await self.switch_over(login, credentials, target_login, progress)
         if result.busy:
             return MigrationOutcome(login, False, result.error or "another node migrates it", result, busy=True)
         if not result.ok:
@@ -148,6 +160,18 @@ class MigrateAccount:
         skipped = f", {result.skipped} skipped" if result.skipped else ""
         return MigrationOutcome(login, True, f"migrated {result.folders} folders, {result.messages:,} messages{skipped}",
                                 result)
+
+    async def switch_over(self, login: str, credentials: Credentials, target_login: str,
+                          progress: Progress | None) -> MigrationOutcome:
+        """The first copy caught up while the user kept working on the old server: switch to the new one."""
+        switch = self.switch or SwitchOver(self.records, self.copier)
+        outcome = await switch.run(login, credentials, target_login, progress)
+        if outcome.busy:
+            return MigrationOutcome(login, False, outcome.message, outcome.result, busy=True)
+        if not outcome.ok:
+            failed = await self.records.account(login)
+            return MigrationOutcome(login, False, outcome.message, outcome.result, retryable=failed.failed_retryable)
+        return MigrationOutcome(login, True, outcome.message, outcome.result)
 
     async def ensure_created(self, login: str, credentials: Credentials, extra: Sequence[str]) -> None:
         """Create the account on the new server (or set its password with passwords_only) and record it."""

@@ -141,3 +141,25 @@ class PostMigrateScript(Protocol):
 
     async def run(self, login: str, password: str, /) -> ScriptRun: ...
 
+
+
+class ClientSessions(Protocol):
+    """Users' open sessions the proxy relays to the old server (`adapters.proxy.open_relays.OpenRelays`)."""
+
+    async def close_old_sessions(self, login: str) -> int:
+        """Close `login`'s relays to the old server (IMAP `* BYE`); how many were closed."""
+        ...
+
+    def open_logins(self) -> list[str]:
+        """The logins with a session to the old server open here."""
+        ...
+
+
+class NoClientSessions:
+    """Where no proxy runs in this process (`migrate`, the console): no sessions to close here."""
+
+    async def close_old_sessions(self, login: str) -> int:
+        return 0
+
+    def open_logins(self) -> list[str]:
+        return []

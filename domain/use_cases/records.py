@@ -8,6 +8,7 @@ checker can follow every call from a use case to the events it records.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 import trio
@@ -48,8 +49,8 @@ class MigrationRecords:
     async def login_seen(self, login: str, protocol: str, client_address: str, local_address: str) -> None:
         await self.in_thread(lambda: self.service.record_login(login, protocol, client_address, local_address))
 
-    async def password_verified(self, login: str, method: str) -> bool:
-        return await self.in_thread(lambda: self.service.record_password_verified(login, method))
+    async def password_verified(self, login: str, method: str, while_copying: str = "") -> bool:
+        return await self.in_thread(lambda: self.service.record_password_verified(login, method, while_copying))
 
     async def password_rejected(self, login: str, reason: str) -> None:
         await self.in_thread(lambda: self.service.record_password_rejected(login, reason))
@@ -60,6 +61,18 @@ class MigrationRecords:
 
     async def passwords_only_completed(self, login: str) -> None:
         await self.in_thread(lambda: self.service.record_completed(login, 0, 0, 0, 0.0, True))
+
+    async def copy_mode_chosen(self, login: str, while_copying: str) -> None:
+        await self.in_thread(lambda: self.service.record_copy_mode(login, while_copying))
+
+    async def switch_started(self, login: str, node: str, now: datetime, lease_seconds: float) -> None:
+        await self.in_thread(lambda: self.service.record_switch_started(login, node=node, now=now,
+                                                                        lease_seconds=lease_seconds))
+
+    async def switched_over(self, login: str, duration_seconds: float, sessions_closed: int,
+                            delta_messages: int) -> None:
+        await self.in_thread(lambda: self.service.record_switched_over(login, duration_seconds, sessions_closed,
+                                                                       delta_messages))
 
     async def failed(self, login: str, reason: str, retryable: bool) -> bool:
         """Record a failure unless the account's state forbids one now; True when recorded."""

@@ -59,6 +59,7 @@ def console_config(tmp_path: Path, extra: str = "") -> Config:
         log_file = "{tmp_path / 'migration.log'}"
         primary_domain = "example.com"
         migration_account = "notice@example.com"
+        while_copying = "notice"
         access_mode = "standard"
         [migration.domains]
         "192.0.2.1" = "navi1.com"

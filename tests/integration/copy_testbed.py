@@ -64,6 +64,7 @@ def write_config(
     source_port: int | None = None,
     tls: str = "detect",
     protocol: str = "imap",
+    while_copying: str = "notice",
 ) -> Path:
     """A config file in `directory` pointing at the test servers; `source`/`migration` add keys."""
     master = secret_file(directory, "master.secret", new.master_password or "")
@@ -77,7 +78,7 @@ def write_config(
         f'ca_file = "{old.ca_pem}"\n{source}\n'
         f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "detect"\nca_file = "{new.ca_pem}"\n'
         f'master_user = "{new.master_user}"\nmaster_password_file = "{master}"\n'
-        f'[migration]\nprimary_domain = "example.com"\n{migration}\n'
+        f'[migration]\nprimary_domain = "example.com"\nwhile_copying = "{while_copying}"\n{migration}\n'
     )
     return path
 

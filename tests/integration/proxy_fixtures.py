@@ -52,6 +52,7 @@ def write_config(
     extra_proxy: str = "",
     tls: bool = True,
     extra_migration: str = "",
+    while_copying: str = "notice",
 ) -> Path:
     master = tmp / "master.secret"
     master.write_text(pair.new.master_password or "")
@@ -95,6 +96,7 @@ def write_config(
         migration_account = "{migration_account}"
         primary_domain = "example.com"
         passwords_only = {'true' if passwords_only else 'false'}
+        while_copying = "{while_copying}"
         concurrency = 2
         """) + extra_migration + (f"\n[migration.domains]\n{domain_lines}" if domains else "")
     path = tmp / "mailmigrator.toml"

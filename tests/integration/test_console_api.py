@@ -203,8 +203,8 @@ async def test_accounts_are_paged_filtered_and_searched(running: RunningConsole)
     async with running.logged_in() as (client, _):
         page = (await client.get("/api/accounts", params={"limit": 2})).json()
         assert page["total"] == 3 and [a["login"] for a in page["accounts"]] == ["alice@example.com", "bob@example.com"]
-        assert page["counts"] == {"seen": 1, "verified": 0, "created": 0, "copying": 0, "completed": 1,
-                                  "swept": 0, "failed": 1}
+        assert page["counts"] == {"seen": 1, "verified": 0, "created": 0, "copying": 0, "copied": 0,
+                                  "switching": 0, "completed": 1, "swept": 0, "failed": 1}
         rest = (await client.get("/api/accounts", params={"limit": 2, "offset": 2})).json()
         assert [a["login"] for a in rest["accounts"]] == ["carol@example.com"]
         failed = (await client.get("/api/accounts", params={"state": "failed"})).json()

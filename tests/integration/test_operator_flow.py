@@ -56,6 +56,7 @@ def config_file(directory: Path, old: testbed.DovecotServer, new: testbed.Doveco
         """) + target + textwrap.dedent("""
         [migration]
         primary_domain = "example.com"
+        while_copying = "notice"
         concurrency = 3
         """) + migration)
     return path

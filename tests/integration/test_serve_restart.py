@@ -46,7 +46,7 @@ def start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def config_text(tmp: Path, old_imap_port: int, old: testbed.DovecotServer, new: testbed.DovecotServer,
-                proxy_port: int, notice: str = "") -> str:
+                proxy_port: int, notice: str = "", while_copying: str = "notice") -> str:
     master = secret_file(tmp, "master.secret", new.master_password or "")
     return (
         f'[store]\nurl = "sqlite:///{tmp / "events.sqlite"}"\n'
@@ -56,7 +56,7 @@ def config_text(tmp: Path, old_imap_port: int, old: testbed.DovecotServer, new: 
         f'master_password_file = "{master}"\nprovisioning = "passwd-file"\npasswd_file = "{new.passwd_file}"\n'
         f'[proxy]\nimap = ["127.0.0.1:{proxy_port}"]\n'
         f'[migration]\nprimary_domain = "example.com"\nmigration_account = "{notice}"\n'
-        f'log_file = "{tmp / "migration.log"}"\nconcurrency = 2\n'
+        f'log_file = "{tmp / "migration.log"}"\nconcurrency = 2\nwhile_copying = "{while_copying}"\n'
     )
 
 

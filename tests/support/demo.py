@@ -78,7 +78,7 @@ class Demo:
             f'pop3_port = {self.new.pop3_port}\nprovisioning = "passwd-file"\npasswd_file = "{self.new.passwd_file}"\n'
             f'alias_map = "{self.work / "virtual"}"\n'
             f'[proxy]\nimap = ["127.0.0.1:{self.imap_port}"]\npop3 = ["127.0.0.1:{self.pop3_port}"]\n'
-            f'[migration]\nmigration_account = "{NOTICE}"\nprimary_domain = "example.com"\n'
+            f'[migration]\nmigration_account = "{NOTICE}"\nwhile_copying = "notice"\nprimary_domain = "example.com"\n'
             'access_mode = "extended"\nlog_file = "migration.log"\nconcurrency = 4\n'
         )
 

@@ -26,6 +26,11 @@ ACCOUNT_COMMANDS: dict[str, Callable[[AccountMigration], None]] = {
     "MigrationStarted": lambda a: a.start_migration([{"source": "INBOX"}], 3, 300, a.attempts + 1),
     "FolderCopied": lambda a: a.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True),
     "MigrationCompleted": lambda a: a.complete_migration(3, 300, 1, 1.5, False),
+    # "notice" keeps the lock as the table's states say; old-server locking has its own tests.
+    "CopyModeChosen": lambda a: a.choose_copy_mode("notice"),
+    "CopyCaughtUp": lambda a: a.catch_up(3, 300, 1, 1.5),
+    "SwitchStarted": lambda a: a.start_switch(""),
+    "SwitchedOver": lambda a: a.record_switch(0.4, 1, 2),
     "MigrationFailed": lambda a: a.fail_migration("connection reset", True),
     "PostScriptRan": lambda a: a.record_post_script(0, 0.2, False),
     "FinishSwept": lambda a: a.sweep({"INBOX": 1}, 1, 100),
@@ -190,3 +195,84 @@ def test_only_one_process_claims_a_requested_finish() -> None:
     run.request_finish("console")
     run.claim_finish("node-b")
     assert run.finish_claimed_by == "node-b"
+
+
+def old_server_account() -> AccountMigration:
+    account = AccountMigration(login="kept@example.com")
+    account.verify_password("imap-login")
+    account.create_account(account.login, [], "passwd-file")
+    account.choose_copy_mode("old-server")
+    return account
+
+
+def test_an_old_server_copy_locks_the_account_only_while_it_switches() -> None:
+    account = old_server_account()
+    seen: list[tuple[str, bool]] = [(account.state, account.locked)]
+    account.start_migration([{"source": "INBOX"}], 3, 300, 1, "node-a")
+    seen.append((account.state, account.locked))
+    account.copy_folder("INBOX", "INBOX", 7, 3, 3, 300, [], True, node="node-a")
+    account.finish_copy_pass(3, 300, 1, 1.5, False)
+    seen.append((account.state, account.locked))
+    account.claim_switch("node-a", None)
+    seen.append((account.state, account.locked))
+    account.start_migration([{"source": "INBOX"}], 4, 400, 2, "node-a")
+    account.copy_folder("INBOX", "INBOX", 7, 4, 1, 100, [], True, node="node-a")
+    seen.append((account.state, account.locked))
+    account.finish_copy_pass(4, 400, 1, 0.2, False)
+    seen.append((account.state, account.locked))
+    account.record_switch(0.3, 2, 1)
+    assert seen == [("created", False), ("copying", False), ("copied", False), ("switching", True),
+                    ("switching", True), ("completed", False)]
+    names = [type(e).__name__ for e in account.collect_events()]
+    assert names[3:] == ["CopyModeChosen", "MigrationStarted", "FolderCopied", "CopyCaughtUp", "SwitchStarted",
+                         "MigrationStarted", "FolderCopied", "MigrationCompleted", "SwitchedOver"]
+
+
+@pytest.mark.parametrize(("mode", "passwords_only", "ends_with"), [
+    ("old-server", False, "CopyCaughtUp"), ("old-server", True, "MigrationCompleted"),
+    ("notice", False, "MigrationCompleted"), ("refuse", False, "MigrationCompleted"),
+])
+def test_the_first_copy_pass_ends_as_the_mode_says(mode: str, passwords_only: bool, ends_with: str) -> None:
+    account = AccountMigration(login="pass@example.com")
+    account.verify_password("imap-login")
+    account.create_account(account.login, [], "passwd-file")
+    if account.copy_mode_due(mode):
+        account.choose_copy_mode(mode)
+    if not passwords_only:
+        account.start_migration([{"source": "INBOX"}], 3, 300, 1)
+    account.finish_copy_pass(3, 300, 1, 1.5, passwords_only)
+    assert type(account.collect_events()[-1]).__name__ == ends_with
+
+
+def test_a_switch_is_claimed_by_one_node_until_its_lease_runs_out() -> None:
+    from datetime import timedelta
+
+    from mailmigrator.domain.errors import AccountBusy
+
+    account = old_server_account()
+    account.start_migration([{"source": "INBOX"}], 3, 300, 1, "node-a")
+    account.finish_copy_pass(3, 300, 1, 1.5, False)
+    renewed = account.lease_renewed_at
+    assert renewed is not None
+    with pytest.raises(AccountBusy):
+        account.claim_switch("node-b", renewed + timedelta(seconds=10), lease_seconds=60)
+    account.claim_switch("node-a", renewed + timedelta(seconds=10), lease_seconds=60)
+    assert account.state == "switching"
+    with pytest.raises(AccountBusy):
+        account.claim_switch("node-b", renewed + timedelta(seconds=20), lease_seconds=60)
+    # The switching node died: another takes the switch over and finishes it.
+    account.claim_switch("node-b", renewed + timedelta(seconds=600), lease_seconds=60)
+    assert account.state == "switching" and account.node == "node-b"
+
+
+@pytest.mark.parametrize(("recorded", "mode", "due"), [
+    ("", "old-server", True), ("", "notice", False), ("", "refuse", False), ("old-server", "old-server", False),
+    ("old-server", "notice", True), ("notice", "old-server", True), ("refuse", "notice", True),
+])
+def test_the_copy_mode_is_recorded_for_old_server_copies_and_for_changes(recorded: str, mode: str, due: bool) -> None:
+    account = AccountMigration(login="mode@example.com")
+    account.verify_password("imap-login")
+    account.create_account(account.login, [], "passwd-file")
+    if recorded:
+        account.choose_copy_mode(recorded)
+    assert account.copy_mode_due(mode) == due

@@ -3,7 +3,7 @@
 
 const POLL_MS = 2000;
 const PAGE_SIZE = 50;
-const STATES = ["seen", "verified", "created", "copying", "completed", "swept", "failed"];
+const STATES = ["seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed"];
 const GENERAL_LABELS = {
   source_host: "Source host", source_protocol: "Source protocol", source_tls: "TLS/SSL",
   migration_account: "Migration account", log_file: "Log file", access_mode: "Access mode",
