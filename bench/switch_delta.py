@@ -49,7 +49,19 @@ def seed(old: testbed.DovecotServer, batch: dict[str, list[bytes]]) -> None:
         testbed.seed_bulk(old, LOGIN, folder, items, batch_size=200)
 
 
-async def run(config_path: Path, old: testbed.DovecotServer, changes: int) -> None:
+def change_flags_and_expunge(old: testbed.DovecotServer, count: int) -> None:
+    """Flag about half of `count` old messages and expunge the rest, spread over the folders."""
+    with old.imap(LOGIN) as client:
+        for index, folder in enumerate(FOLDERS):
+            share = count // len(FOLDERS) + (1 if index < count % len(FOLDERS) else 0)
+            client.select_folder(testbed._namespace(client).server_name(folder))
+            uids = sorted(client.search("ALL"))[:share]
+            client.add_flags(uids[: share // 2], [b"\\Flagged"])
+            client.delete_messages(uids[share // 2:])
+            client.expunge()
+
+
+async def run(config_path: Path, old: testbed.DovecotServer, changes: int, edit_old: bool) -> None:
     config = load_config(config_path)
     wired = open_store(config, create=True)
     assert wired is not None
@@ -63,7 +75,11 @@ async def run(config_path: Path, old: testbed.DovecotServer, changes: int) -> No
     first = await migrate.copier.copy(LOGIN, LOGIN, PASSWORD, LOGIN)
     print(f"first pass: {first.messages:,} messages in {time.monotonic() - started:.1f} s, "
           f"account {(await records.account(LOGIN)).state}")
-    seed(old, messages("late", changes, random.Random(7)))
+    if edit_old:
+        seed(old, messages("late", changes // 2, random.Random(7)))
+        change_flags_and_expunge(old, changes - changes // 2)
+    else:
+        seed(old, messages("late", changes, random.Random(7)))
     started = time.monotonic()
     outcome = await migrate.run(LOGIN, credentials)
     wall = time.monotonic() - started
@@ -77,6 +93,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--engine", choices=("imap", "dovecot"), default="imap",
+                        help="the copy engine; with dovecot, half the changes are flag changes and expunges")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmswitch-"))
     old = testbed.make_old_server(work / "old").start()
@@ -98,9 +116,10 @@ def main() -> int:
             f'[source]\nhost = "127.0.0.1:{old.imap_port}"\ntls = "disable"\nlogin_format = "email"\n'
             f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
             f'master_user = "{new.master_user}"\nmaster_password_file = "{secret}"\n'
+            f'engine = "{args.engine}"\ndoveadm_config = "{new.config_path}"\n'
             f'[migration]\nprimary_domain = "example.com"\nwhile_copying = "old-server"\n'
         )
-        trio.run(run, config, old, args.changes)
+        trio.run(run, config, old, args.changes, args.engine == "dovecot")
         return 0
     finally:
         old.stop()
