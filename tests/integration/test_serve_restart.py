@@ -46,13 +46,16 @@ def start_serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def config_text(tmp: Path, old_imap_port: int, old: testbed.DovecotServer, new: testbed.DovecotServer,
-                proxy_port: int, notice: str = "", while_copying: str = "notice") -> str:
+                proxy_port: int, notice: str = "", while_copying: str = "notice", target: str = "") -> str:
+    """A config for `serve` against the pair, the copy reading the old server at `old_imap_port`;
+    `target` adds lines to the [target] table."""
     master = secret_file(tmp, "master.secret", new.master_password or "")
     return (
         f'[store]\nurl = "sqlite:///{tmp / "events.sqlite"}"\n'
         f'[source]\nhost = "127.0.0.1"\nimap_port = {old_imap_port}\npop3_port = {old.pop3_port}\n'
         f'tls = "disable"\nlogin_format = "email"\n'
-        f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\nmaster_user = "{new.master_user}"\n'
+        f'[target]\n{target}host = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
+        f'master_user = "{new.master_user}"\n'
         f'master_password_file = "{master}"\nprovisioning = "passwd-file"\npasswd_file = "{new.passwd_file}"\n'
         f'[proxy]\nimap = ["127.0.0.1:{proxy_port}"]\n'
         f'[migration]\nprimary_domain = "example.com"\nmigration_account = "{notice}"\n'
