@@ -34,6 +34,11 @@ RETRYABLE_EXITS = frozenset({EXIT_TEMPORARY})
 DEFAULT_DOVEADM_CONFIG = Path("/etc/dovecot/dovecot.conf")
 # imapc reads sizes from RFC822.SIZE and headers without the body where it can (as dsync's own guide does).
 IMAPC_FEATURES = "rfc822.size fetch-headers"
+# The private config directories are named after the process that owns them, so that a later run can
+# remove those a killed process left behind (they hold the old server's password).
+PRIVATE_PREFIX = "mailmigrator-dsync-"
+# How long a run waits for another run on the same user (one a killed node left running) to finish.
+DSYNC_LOCK_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,8 @@ def _literal(value: str) -> str:
 def private_config(doveadm_config: Path | None, login: ImapcLogin) -> Iterator[Path]:
     """A config file that includes `doveadm_config` (doveadm's default when None) and adds `login`'s imapc_* lines."""
     base = doveadm_config or DEFAULT_DOVEADM_CONFIG
-    directory = Path(tempfile.mkdtemp(prefix="mailmigrator-dsync-"))  # mode 0700
+    remove_abandoned_configs(Path(tempfile.gettempdir()))
+    directory = Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-"))  # mode 0700
     try:
         password = directory / "imapc.password"
         _write_private(password, login.plan.credentials.password)
@@ -89,6 +95,27 @@ def private_config(doveadm_config: Path | None, login: ImapcLogin) -> Iterator[P
         yield config
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_abandoned_configs(parent: Path) -> list[Path]:
+    """Remove the private configs (and the passwords in them) of processes that died without cleaning up."""
+    removed = []
+    for directory in parent.glob(f"{PRIVATE_PREFIX}*-*"):
+        owner = directory.name.removeprefix(PRIVATE_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -107,7 +134,9 @@ def dsync_command(doveadm: str, config: Path, target_login: str, exclude: Sequen
     as soon as anyone (the master login included) has opened it.
     """
     excluded = [arg for name in exclude for arg in ("-x", name)]
-    return [doveadm, "-c", str(config), "sync", "-1", "-R", *excluded, "-u", target_login, "imapc:"]
+    # -l: a run left behind by a killed node finishes before this one starts on the same user.
+    return [doveadm, "-c", str(config), "sync", "-1", "-R", "-l", str(DSYNC_LOCK_SECONDS), *excluded,
+            "-u", target_login, "imapc:"]
 
 
 def failure_line(stderr: str, secret: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailmigrator.adapters.dovecot.copier import late_uids
-from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, failure_line
+from mailmigrator.adapters.dovecot.doveadm import ImapcLogin, dsync_command, failure_line, remove_abandoned_configs
 from mailmigrator.adapters.mail.comparison import compare_identity
 from mailmigrator.adapters.mail.connection import LoginPlan, ServerAddress
 from mailmigrator.adapters.mail.message_source import FolderListing, SourceMessage
@@ -95,7 +95,7 @@ def test_imapc_settings_name_the_login_and_read_the_password_from_a_file(
 
 def test_dsync_is_one_way_and_names_excluded_folders(tmp_path: Path) -> None:
     command = dsync_command("/usr/bin/doveadm", tmp_path / "dsync.conf", "u@example.com", ["Spam", "Trash/Old"])
-    assert command == ["/usr/bin/doveadm", "-c", str(tmp_path / "dsync.conf"), "sync", "-1", "-R",
+    assert command == ["/usr/bin/doveadm", "-c", str(tmp_path / "dsync.conf"), "sync", "-1", "-R", "-l", "600",
                        "-x", "Spam", "-x", "Trash/Old", "-u", "u@example.com", "imapc:"]
 
 
@@ -120,3 +120,22 @@ def test_identity_differences_name_uidvalidity_and_uids() -> None:
         'folder "INBOX": UID 2 only on the new (1)',
     ]
     assert compare_identity("x", old, old) == []
+
+
+def test_a_killed_processs_private_config_is_removed_a_live_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    dead_pid = 4_194_305  # above the largest pid_max Linux allows: no such process
+    dead = tmp_path / f"mailmigrator-dsync-{dead_pid}-abc"
+    live = tmp_path / f"mailmigrator-dsync-{os.getpid()}-def"
+    other = tmp_path / "mailmigrator-dsync-notapid-ghi"
+    for directory in (dead, live, other):
+        directory.mkdir()
+        (directory / "imapc.password").write_text("secret")
+    assert remove_abandoned_configs(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_two_runs_on_one_user_wait_for_each_other(tmp_path: Path) -> None:
+    command = dsync_command("doveadm", tmp_path / "dsync.conf", "u@example.com")
+    assert command[command.index("-l") + 1] == "600"
