@@ -34,6 +34,7 @@ RETRYABLE_EXITS = frozenset({EXIT_TEMPORARY})
 DEFAULT_DOVEADM_CONFIG = Path("/etc/dovecot/dovecot.conf")
 # imapc reads sizes from RFC822.SIZE and headers without the body where it can (as dsync's own guide does).
 IMAPC_FEATURES = "rfc822.size fetch-headers"
+MAIL_PREFETCH_COUNT = 20
 # The private config directories are named after the process that owns them, so that a later run can
 # remove those a killed process left behind (they hold the old server's password).
 PRIVATE_PREFIX = "mailmigrator-dsync-"
@@ -61,6 +62,8 @@ class ImapcLogin:
             f"imapc_ssl_verify = {'yes' if self.address.verify_certificate else 'no'}",
             f"imapc_features = {IMAPC_FEATURES}",
             f"imapc_password = <{password_file}",
+            # Fetch ahead over the one imapc connection instead of one message per round trip.
+            f"mail_prefetch_count = {MAIL_PREFETCH_COUNT}",
         ]
         if self.plan.admin_login == "sasl":
             lines += [f"imapc_user = {_literal(self.plan.user)}",
