@@ -74,7 +74,9 @@ async def morning(config_path: Path, users: list[str], baseline_user: str) -> No
     assert store is not None
     store.app.start_run("bench")
     service = build_service(config, store.app, ProxyLimits(failure_delay=0.0),
-                            LoginThrottle(max_per_login=100, max_per_address=100_000))
+                            # Users log in from many addresses on a real morning; here all come from one.
+                            LoginThrottle(max_per_login=100, max_per_address=100_000,
+                                          max_in_flight_per_address=CLIENTS_AT_ONCE))
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(service.run)
         port = bound[0][1]
