@@ -92,6 +92,32 @@ def measure(command: list[str], stdin: str = "") -> tuple[float, int, int, str]:
     return time.monotonic() - started, peak, process.returncode, output.read_text(errors="replace")
 
 
+CLI = [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def migrate_with(work: Path, engine: str, old: testbed.DovecotServer, new: testbed.DovecotServer,
+                 secret: Path) -> tuple[float, int] | None:
+    """`mailmigrator migrate --user` with `engine` into `new`: (wall seconds, peak RSS), then `verify`."""
+    config = work / f"mm-{engine}.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{work / f"events-{engine}.sqlite"}"\n'
+        f'[source]\nhost = "127.0.0.1:{old.imap_port}"\ntls = "disable"\n'
+        f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
+        f'master_user = "{new.master_user}"\nmaster_password_file = "{secret}"\n'
+        f'engine = "{engine}"\ndoveadm_config = "{new.config_path}"\n'
+        f'[migration]\nprimary_domain = "example.com"\n'
+    )
+    wall, rss, code, output = measure([*CLI, "--config", str(config), "migrate", "--user", LOGIN,
+                                       "--password-stdin"], PASSWORD + "\n")
+    if code != 0:
+        print(output)
+        return None
+    check = subprocess.run([*CLI, "--config", str(config), "verify", LOGIN, "--password-stdin"],
+                           input=PASSWORD + "\n", capture_output=True, text=True)
+    print(f"verify after the {engine} engine: exit {check.returncode} {check.stdout.strip().splitlines()[-1:]}")
+    return wall, rss
+
+
 def naive_copy(old_port: int, new_port: int, master: str, master_password: str,
                login: str = LOGIN, password: str = PASSWORD) -> None:
     """The baseline: one connection each side, FETCH batches of 100, one APPEND per message."""
@@ -160,48 +186,15 @@ def main() -> int:
             secret.chmod(0o600)
             return new, secret
 
-        # mailmigrator
-        new, secret = fresh_target("new-mm")
-        config = work / "mm.toml"
-        config.write_text(
-            f'[store]\nurl = "sqlite:///{work / "events.sqlite"}"\n'
-            f'[source]\nhost = "127.0.0.1:{old.imap_port}"\ntls = "disable"\n'
-            f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
-            f'master_user = "{new.master_user}"\nmaster_password_file = "{secret}"\n'
-            f'[migration]\nprimary_domain = "example.com"\n'
-        )
-        cli = [sys.executable, "-c", "import sys; from mailmigrator.ops.cli import main; sys.exit(main(sys.argv[1:]))"]
-        wall, rss, code, output = measure([*cli, "--config", str(config), "migrate", "--user", LOGIN,
-                                           "--password-stdin"], PASSWORD + "\n")
-        if code != 0:
-            print(output)
-            return 1
-        results["mailmigrator migrate"] = (wall, rss)
-        check = subprocess.run([*cli, "--config", str(config), "verify", LOGIN, "--password-stdin"],
-                               input=PASSWORD + "\n", capture_output=True, text=True)
-        print(f"verify after mailmigrator: exit {check.returncode} {check.stdout.strip().splitlines()[-1:]}")
-
-        # mailmigrator, the Dovecot engine (doveadm sync over imapc: the old UIDs and UIDVALIDITY kept)
-        if not args.no_dsync:
-            new, secret = fresh_target("new-mm-dovecot")
-            config = work / "mm-dovecot.toml"
-            config.write_text(
-                f'[store]\nurl = "sqlite:///{work / "events-dovecot.sqlite"}"\n'
-                f'[source]\nhost = "127.0.0.1:{old.imap_port}"\ntls = "disable"\n'
-                f'[target]\nhost = "127.0.0.1"\nport = {new.imap_port}\ntls = "disable"\n'
-                f'master_user = "{new.master_user}"\nmaster_password_file = "{secret}"\n'
-                f'engine = "dovecot"\ndoveadm_config = "{new.config_path}"\n'
-                f'[migration]\nprimary_domain = "example.com"\n'
-            )
-            wall, rss, code, output = measure([*cli, "--config", str(config), "migrate", "--user", LOGIN,
-                                               "--password-stdin"], PASSWORD + "\n")
-            if code != 0:
-                print(output)
+        # mailmigrator, the IMAP engine, then the Dovecot engine (doveadm sync over imapc: old UIDs kept)
+        engines = [("imap", "mailmigrator migrate")] + ([] if args.no_dsync else [("dovecot",
+                                                                                 "mailmigrator (dovecot engine)")])
+        for engine, name in engines:
+            new, secret = fresh_target(f"new-mm-{engine}")
+            timing = migrate_with(work, engine, old, new, secret)
+            if timing is None:
                 return 1
-            results["mailmigrator (dovecot engine)"] = (wall, rss)
-            check = subprocess.run([*cli, "--config", str(config), "verify", LOGIN, "--password-stdin"],
-                                   input=PASSWORD + "\n", capture_output=True, text=True)
-            print(f"verify after the dovecot engine: exit {check.returncode} {check.stdout.strip().splitlines()[-1:]}")
+            results[name] = timing
 
         # naive baseline
         new, secret = fresh_target("new-naive")
