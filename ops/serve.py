@@ -18,18 +18,15 @@ import trio
 
 from mailmigrator.adapters.imap.connection import close_imap, open_imap
 from mailmigrator.adapters.mail.connection import describe_error
-from mailmigrator.adapters.proxy.listeners import Listener
-from mailmigrator.adapters.store.node_status import NodeStatusTable
-from mailmigrator.adapters.proxy.listeners import LoginProxy
+from mailmigrator.adapters.proxy.listeners import Listener, LoginProxy, ProxyLimits
 from mailmigrator.adapters.proxy.throttle import LoginThrottle
-from mailmigrator.adapters.proxy.listeners import ProxyLimits
+from mailmigrator.adapters.store.node_status import NodeStatusTable
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.use_cases.switch_over import close_moved_sessions
-from mailmigrator.ops.composition import Node, build_node, mail_servers, target_address
+from mailmigrator.ops.composition import Node, build_node, mail_servers, open_store, target_address
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.finish import FinishReport, finish_migration
 from mailmigrator.ops.preflight import check_before_listening
-from mailmigrator.ops.composition import open_store
 from mailmigrator.projections.follower import MigrationViews
 
 log = structlog.get_logger("mailmigrator.serve")
