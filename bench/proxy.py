@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the test bed proxy_fixtures imports
 
 from proxy_fixtures import OLD_PASSWORD, start_pair, write_config  # noqa: E402
 

@@ -24,12 +24,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-
-from proxy_fixtures import OLD_PASSWORD, start_pair, write_config  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
+
+from proxy_fixtures import OLD_PASSWORD, Pair, start_pair, write_config  # noqa: E402
+
 from testbed import make_message, seed_bulk  # noqa: E402
 from proxy import free_port, wait_port  # noqa: E402  (the script beside this one)
 
@@ -157,30 +158,42 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def serve_passwords_only(work: Path, pair: Pair, users: list[str], stderr: Any) -> tuple[subprocess.Popen[bytes], int]:
+    """`mailmigrator serve` (passwords_only, plain IMAP) started, with `users` on the old server logged in once
+    through it, which sets their passwords on the new one; the process and its IMAP port."""
+    mailmigrator = str(Path(sys.executable).parent / "mailmigrator")
+    pair.old.add_users({u: OLD_PASSWORD for u in users})
+    config_path = write_config(work, pair, passwords_only=True, tls=False)
+    proxy_port, pop_port = free_port(), free_port()
+    text = config_path.read_text().replace('imap = ["127.0.0.1:1"]', f'imap = ["127.0.0.1:{proxy_port}"]')
+    config_path.write_text(text.replace('pop3 = ["127.0.0.1:1"]', f'pop3 = ["127.0.0.1:{pop_port}"]'))
+    server = subprocess.Popen([mailmigrator, "--config", str(config_path), "serve"], stderr=stderr)
+    try:
+        subprocess.run([mailmigrator, "--config", str(config_path), "start"], check=True, capture_output=True)
+        wait_port(proxy_port)
+        time.sleep(1.5)  # serve polls the run state once a second
+        for user in users:
+            imaplib.IMAP4("127.0.0.1", proxy_port).login(user, OLD_PASSWORD)
+        time.sleep(1.5)
+    except BaseException:
+        server.terminate()
+        server.wait(30)
+        raise
+    return server, proxy_port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle", type=int, default=400)
     parser.add_argument("--active", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    mailmigrator = str(Path(sys.executable).parent / "mailmigrator")
     with tempfile.TemporaryDirectory(prefix="mmbench-") as tmp:
         work = Path(tmp)
         for pair in start_pair(work / "pair"):
             users = [f"load{n}@example.com" for n in range(USERS)]
-            pair.old.add_users({u: OLD_PASSWORD for u in users})
-            config_path = write_config(work, pair, passwords_only=True, tls=False)
-            proxy_port, pop_port = free_port(), free_port()
-            text = config_path.read_text().replace('imap = ["127.0.0.1:1"]', f'imap = ["127.0.0.1:{proxy_port}"]')
-            config_path.write_text(text.replace('pop3 = ["127.0.0.1:1"]', f'pop3 = ["127.0.0.1:{pop_port}"]'))
-            server = subprocess.Popen([mailmigrator, "--config", str(config_path), "serve"], stderr=subprocess.DEVNULL)
+            server, proxy_port = serve_passwords_only(work, pair, users, subprocess.DEVNULL)
             try:
-                subprocess.run([mailmigrator, "--config", str(config_path), "start"], check=True, capture_output=True)
-                wait_port(proxy_port)
-                time.sleep(1.5)  # serve polls the run state once a second
-                for user in users:  # passwords_only: the first login sets the password on the new server
-                    imaplib.IMAP4("127.0.0.1", proxy_port).login(user, OLD_PASSWORD)
-                time.sleep(1.5)
                 for user in users:
                     seed_bulk(pair.new, user, "INBOX", [make_message(f"{user}-{i}", size=4096) for i in range(20)])
                 direct_port = pair.new.imap_port

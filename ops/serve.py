@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import structlog
@@ -23,9 +23,10 @@ from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.store.node_status import NodeStatusTable
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.use_cases.switch_over import close_moved_sessions
-from mailmigrator.ops.composition import Node, build_node, mail_servers, open_store, target_address
+from mailmigrator.ops.composition import Node, build_node, mail_servers, open_store, proxy_limits, target_address
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.finish import FinishReport, finish_migration
+from mailmigrator.ops.open_files import OpenFilePlan, fit_open_files
 from mailmigrator.ops.preflight import check_before_listening
 from mailmigrator.projections.follower import MigrationViews
 
@@ -153,6 +154,18 @@ class Service:
             await trio.sleep(PROJECTION_POLL)
 
 
+def _log_open_files(plan: OpenFilePlan) -> None:
+    """What fitting the connection cap to the open-file limit changed."""
+    if plan.raise_soft_to is not None:
+        log.info("open files limit raised", soft=plan.raise_soft_to, was=plan.soft)
+    if plan.lowered_from is not None:
+        log.warning("max_connections lowered to fit the open files limit", max_connections=plan.max_connections,
+                    default=plan.lowered_from, open_files=plan.raise_soft_to or plan.soft)
+    if plan.relayed_fit < plan.max_connections:
+        log.warning("open files limit holds fewer relayed connections than max_connections",
+                    relayed=plan.relayed_fit, max_connections=plan.max_connections)
+
+
 def build_service(config: Config, app: MigrationService, limits: ProxyLimits | None = None,
                   throttle: LoginThrottle | None = None, views: MigrationViews | None = None) -> Service:
     """The `serve` node for `config` over the store behind `app` (and its `views`, when already open)."""
@@ -162,10 +175,14 @@ def build_service(config: Config, app: MigrationService, limits: ProxyLimits | N
 async def serve(config: Config, ready: Callable[[list[tuple[Listener, int]]], None] | None = None) -> None:
     """Run the service until SIGINT or SIGTERM; every file it needs is checked before the first port opens."""
     check_before_listening(config)
+    plan = fit_open_files(config)
     wired = open_store(config, create=True)
     assert wired is not None
     try:
-        service = build_service(config, wired.app, views=wired.views)
+        limits = replace(proxy_limits(config), max_connections=plan.max_connections)
+        service = build_service(config, wired.app, limits, views=wired.views)
+        # Logged once the node is built: a refused store or vault key stays the one line printed.
+        _log_open_files(plan)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(service.run)

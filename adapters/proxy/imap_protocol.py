@@ -73,7 +73,7 @@ class InputRefused:
 ReaderEvent = Framed | ContinuationNeeded | InputRefused
 
 
-@dataclass
+@dataclass(slots=True)
 class ImapCommandReader:
     """Frames IMAP client input into commands (pure: feed bytes, take events).
 

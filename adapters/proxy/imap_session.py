@@ -42,6 +42,8 @@ class SaslCancelled(Exception):
 class ImapSession(PreAuthSession):
     """One IMAP client before login (RFC 3501 section 6.1-6.2, RFC 9051 section 6.1-6.2)."""
 
+    __slots__ = ("reader",)
+
     def __init__(
         self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
     ) -> None:

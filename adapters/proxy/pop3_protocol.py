@@ -35,7 +35,7 @@ class LineTooLong:
     """A line over the limit, discarded up to its end."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pop3LineReader:
     """Splits POP3 input into lines; an oversized line is skipped, never buffered.
 

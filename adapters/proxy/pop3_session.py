@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 class Pop3Session(PreAuthSession):
     """One POP3 client in the AUTHORIZATION state (RFC 1939 section 4)."""
 
+    __slots__ = ("reader", "user")
+
     def __init__(
         self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
     ) -> None:

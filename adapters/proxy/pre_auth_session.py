@@ -26,6 +26,9 @@ async def tls_handshake(tls: trio.SSLStream[_Transport], timeout: float, login_d
 class PreAuthSession(abc.ABC):
     """One client connection before login: greeted, answered command by command, relayed after its login."""
 
+    # One per connection, thousands at once: no instance dict.
+    __slots__ = ("proxy", "stream", "client", "local", "tls", "login_deadline")
+
     def __init__(
         self, proxy: LoginProxy, stream: trio.abc.Stream, client: str, local: str, tls: bool, login_deadline: float
     ) -> None:
@@ -79,6 +82,10 @@ class PreAuthSession(abc.ABC):
         """The next bytes from the client; `IdleTimeout` when too slow, `EOFError` at its end."""
         idle_deadline = trio.current_time() + self.proxy.limits.idle_timeout
         with trio.move_on_at(min(idle_deadline, self.login_deadline)):
+            if isinstance(self.stream, trio.SocketStream):
+                # Waited for here, trio's receive finds data at once: the would-block exception it would
+                # catch otherwise leaves frame objects behind in every waiting connection.
+                await trio.lowlevel.wait_readable(self.stream.socket)
             data = await self.stream.receive_some(65536)
             if not data:
                 raise EOFError()

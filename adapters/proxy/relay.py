@@ -8,7 +8,6 @@ first, so that only commands that change nothing reach the backend.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import ssl
 from collections.abc import Callable, Iterable, Iterator
@@ -21,8 +20,6 @@ from mailmigrator.adapters.proxy.pop3_protocol import Pop3LineReader
 from mailmigrator.adapters.proxy.protocol_errors import imap_reply
 
 RELAY_CHUNK = 256 * 1024
-RELAY_SMALL_CHUNK = 16 * 1024
-RELAY_QUIET_SECONDS = 1.0
 # Commands a user may send in the migration account: nothing that changes it.
 NOTICE_IMAP_COMMANDS = frozenset({
     "CAPABILITY", "NOOP", "LOGOUT", "SELECT", "EXAMINE", "LIST", "LSUB", "STATUS", "FETCH",
@@ -72,7 +69,8 @@ async def relay(client: trio.abc.Stream, session: BackendSession, to_backend: by
         await _send(backend, to_backend, send_timeout)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_pump, client, backend, nursery.cancel_scope, send_timeout)
-        nursery.start_soon(_pump, backend, client, nursery.cancel_scope, send_timeout)
+        # This task pumps the other way: one task fewer per relayed connection.
+        await _pump(backend, client, nursery.cancel_scope, send_timeout)
 
 
 async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope, send_timeout: float) -> None:
@@ -86,43 +84,68 @@ async def _pump(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.Canc
 
 async def _socket_pump(source: trio.socket.SocketType, sink: trio.socket.SocketType, send_timeout: float) -> None:
     """Copy bytes from one plain TCP socket to another until `source` reaches end of stream."""
-    # Every byte of every proxied mailbox passes here. A reused buffer and one
-    # scheduler pass per chunk cost less CPU than receive_some/send_all, which
-    # allocate per chunk and yield twice per call (bench/relay.py). Commands and
-    # short replies fit the small buffer; a full read switches to RELAY_CHUNK,
-    # which is given back once the stream has been quiet for RELAY_QUIET_SECONDS,
-    # so thousands of idle or chatty relayed connections hold little memory.
-    buffer = bytearray(RELAY_SMALL_CHUNK)
+    # Every byte of every proxied mailbox passes here. One buffer per trio run,
+    # shared by every relay, and one scheduler pass per chunk cost less CPU than
+    # receive_some/send_all, which allocate per chunk and yield twice per call
+    # (bench/relay.py), and an idle relay holds no buffer at all (bench/proxy_scale.py).
+    # The buffer is read into and written out with no checkpoint between; what
+    # the sink does not take at once is copied out before this task waits.
+    buffer = _relay_buffer()
     fd_in, fd_out = source.fileno(), sink.fileno()
     while True:
         await trio.lowlevel.checkpoint()
-        try:
-            count = os.readv(fd_in, [buffer])
-        except BlockingIOError:
-            if await _quiet_spell(fd_in, len(buffer) > RELAY_SMALL_CHUNK):
-                buffer = bytearray(RELAY_SMALL_CHUNK)
+        count = _read_some(fd_in, buffer)
+        if count < 0:
+            await trio.lowlevel.wait_readable(fd_in)
             continue
         if not count:
             return
-        await _write_fully(fd_out, memoryview(buffer)[:count], send_timeout)
-        if count == len(buffer) < RELAY_CHUNK:
-            buffer = bytearray(RELAY_CHUNK)
+        sent = _write_some(fd_out, buffer[:count])
+        if sent < count:
+            await _write_fully(fd_out, memoryview(bytes(buffer[sent:count])), send_timeout)
 
 
-async def _quiet_spell(fd: int, holds_large_buffer: bool) -> bool:
-    """Wait until `fd` is readable; True when a large buffer waited `RELAY_QUIET_SECONDS` in vain."""
-    with trio.move_on_after(RELAY_QUIET_SECONDS if holds_large_buffer else math.inf) as quiet:
-        await trio.lowlevel.wait_readable(fd)
-    return quiet.cancelled_caught
+_RELAY_BUFFER: trio.lowlevel.RunVar[memoryview] = trio.lowlevel.RunVar("relay_buffer")
+
+
+def _relay_buffer() -> memoryview:
+    """The one `RELAY_CHUNK` buffer the plain TCP relays of this trio run share."""
+    try:
+        return _RELAY_BUFFER.get()
+    except LookupError:
+        buffer = memoryview(bytearray(RELAY_CHUNK))
+        _RELAY_BUFFER.set(buffer)
+        return buffer
+
+
+# The two calls below catch BlockingIOError in a frame of their own: caught in a
+# relay's coroutine, the traceback would give that long-lived frame a frame
+# object it keeps for as long as the relay lasts.
+
+
+def _read_some(fd: int, buffer: memoryview) -> int:
+    """Read what `fd` has into `buffer`: how many bytes, 0 at its end, -1 when nothing has come yet."""
+    try:
+        return os.readv(fd, [buffer])
+    except BlockingIOError:
+        return -1
+
+
+def _write_some(fd: int, data: memoryview) -> int:
+    """Write what `fd` takes now of `data`: how many bytes (0 when it is full)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
 
 
 async def _write_fully(fd: int, data: memoryview, send_timeout: float) -> None:
     """Write all of `data` to a non-blocking `fd`; `trio.TooSlowError` when it stays full for `send_timeout`."""
     sent = 0
     while sent < len(data):
-        try:
-            sent += os.write(fd, data[sent:])
-        except BlockingIOError:
+        written = _write_some(fd, data[sent:])
+        sent += written
+        if not written:
             with trio.fail_after(send_timeout):
                 await trio.lowlevel.wait_writable(fd)
 

@@ -78,28 +78,40 @@ async def test_stream_relay_for_tls_like_streams_delivers_the_same_bytes():
     assert to_user.endswith(PAYLOAD) and len(to_user) == len(PAYLOAD) + 39
 
 
-async def test_tcp_relay_keeps_relaying_after_a_quiet_spell_gives_the_large_buffer_back(monkeypatch):
-    monkeypatch.setattr("mailmigrator.adapters.proxy.relay.RELAY_QUIET_SECONDS", 0.05)
-    user, user_side = await tcp_pair()
-    backend_side, backend = await tcp_pair()
-    replies = [PAYLOAD[:1_000_000], b"* OK still here\r\n", PAYLOAD[1_000_000:]]
-    received: list[bytes] = []
+async def test_tcp_relays_sharing_one_buffer_keep_a_slow_readers_bytes_intact():
+    """A client that reads slowly leaves bytes the proxy could not send yet; a busy relay beside it must not touch them."""
+    slow_payload, fast_payload = PAYLOAD, os.urandom(2 * 1024 * 1024 + 5)
+    received: dict[str, bytes] = {}
 
-    async def backend_peer() -> None:
-        for reply in replies:
-            await backend.send_all(reply)
-            await trio.sleep(0.2)  # longer than the quiet spell: the next reply starts small again
-        await backend.aclose()
+    async def one_relay(name: str, payload: bytes, read_pause: float) -> None:
+        user, user_side = await tcp_pair()
+        backend_side, backend = await tcp_pair()
 
-    async def proxy() -> None:
-        try:
-            await relay(user_side, BackendSession(stream=backend_side), b"", send_timeout=60)
-        finally:
-            await user_side.aclose()
+        async def backend_peer() -> None:
+            await backend.send_all(payload)
+            await backend.aclose()
 
-    with trio.fail_after(20):
+        async def proxy() -> None:
+            try:
+                await relay(user_side, BackendSession(stream=backend_side), b"", send_timeout=60)
+            finally:
+                await user_side.aclose()
+
+        async def user_peer() -> None:
+            chunks = []
+            while data := await user.receive_some(65536):
+                chunks.append(data)
+                await trio.sleep(read_pause)
+            received[name] = b"".join(chunks)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(proxy)
             nursery.start_soon(backend_peer)
-            received.append(await receive_all(user))
-    assert received[0] == b"".join(replies)
+            nursery.start_soon(user_peer)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_relay, "slow", slow_payload, 0.002)
+            nursery.start_soon(one_relay, "fast", fast_payload, 0)
+    assert hashlib.sha256(received["slow"]).digest() == hashlib.sha256(slow_payload).digest()
+    assert hashlib.sha256(received["fast"]).digest() == hashlib.sha256(fast_payload).digest()
