@@ -48,7 +48,7 @@ class ImapSource:
             sizes = self.stream.sizes() if int(selected.get(b"EXISTS", 0)) else {}
         except IMAPClientError as e:
             raise imap_failure(e, f"reading folder {name!r} on the old server") from None
-        messages = [SourceMessage(uid, size) for uid, size in sorted(sizes.items())]
+        messages = [SourceMessage(uid, sizes[uid]) for uid in sorted(sizes)]
         return FolderListing(uidvalidity, messages)
 
     def folder_totals(self, name: str) -> tuple[int, int] | None:

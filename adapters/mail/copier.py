@@ -85,7 +85,7 @@ class CopySettings:
     # Several nodes on one store: who copies, and how long its claim on an account lasts unrenewed.
     node: str
     lease_seconds: float
-    batch_bytes: int = 4 * 1024 * 1024
+    batch_bytes: int = 1024 * 1024
     batch_messages: int = 250
     checkpoint_interval: float = 1.0
     # How a step on the old server is tried again after a transient failure.
@@ -487,11 +487,7 @@ class MailboxCopier:
         target: ImapTarget | None = None
         try:
             target = self.open_target(job.target)
-            plan = plan_folders(
-                source.list_folders(), source.namespace(), target.namespace(), target.special_use(),
-                self.settings.exclude_folders,
-            )
-            counts = {f.source: folder_totals(source, f.source) for f in plan.folders if f.selectable}
+            plan, counts = account_plan(source, target, self.settings.exclude_folders)
             _create_folders(target, plan)
             return plan, counts
         finally:
@@ -682,6 +678,14 @@ class _FolderConnections:
         for connection in (source, target):
             if connection is not None:
                 await trio.to_thread.run_sync(connection.close)
+
+
+def account_plan(source: MessageSource, target: ImapTarget,
+                 exclude_folders: Sequence[str]) -> tuple[FolderPlan, FolderCounts]:
+    """Where each old folder goes on the new server, and its messages and bytes: what a copy records as its plan."""
+    plan = plan_folders(source.list_folders(), source.namespace(), target.namespace(), target.special_use(),
+                        exclude_folders)
+    return plan, {f.source: folder_totals(source, f.source) for f in plan.folders if f.selectable}
 
 
 def folder_totals(source: MessageSource, folder: str) -> tuple[int, int]:

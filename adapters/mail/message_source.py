@@ -10,7 +10,8 @@ from typing import Protocol, runtime_checkable
 from mailmigrator.domain.folders import ListedFolder, Namespace
 
 
-@dataclass(frozen=True)
+# Slots: a listing holds one of these per message of the folder, so each is kept small.
+@dataclass(frozen=True, slots=True)
 class SourceMessage:
     """A message as listed before fetching: IMAP UID (POP3: message number), size, POP3 UIDL."""
 
@@ -28,7 +29,7 @@ class FolderListing:
     by_uidl: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FetchedMessage:
     """One message's exact bytes, flags and INTERNALDATE (None: let the target choose)."""
 

@@ -141,7 +141,12 @@ class FaultyRelay:
             except OSError:
                 return
             cut = self.cut_after
-            server = socket.create_connection(self.upstream)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                # The upstream refused this one: the client sees a dropped connection, the relay keeps accepting.
+                client.close()
+                continue
             threading.Thread(target=self._pump, args=(client, server, 0, 0.0), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, cut, self.bytes_per_second),
                              daemon=True).start()

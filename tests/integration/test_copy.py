@@ -309,3 +309,28 @@ def test_connection_dropped_mid_folder_is_retried_without_duplicates(
     code, out, err = run_cli(capsys, monkeypatch, password + "\n", "--config", str(config), "verify", login,
                              "--password-stdin")
     assert code == 0, out + err
+
+
+def test_message_larger_than_the_fetch_window_copies_intact(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailmigrator.adapters.mail.copier import CopySettings
+
+    old, new = pair
+    login, password = new_user(old, new)
+    window = CopySettings.batch_bytes
+    head = testbed.make_message("bigger-than-the-window", subject="big")
+    big = head + b"x" * 76 + b"\r\n" + (b"y" * 76 + b"\r\n") * (3 * window // 78)
+    assert len(big) > 3 * window
+    when = datetime(2023, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    small = [testbed.SeedMessage(testbed.make_message(f"around-{i}", date=when), when, ("\\Seen",)) for i in range(3)]
+    testbed.seed_bulk(old, login, "INBOX", [small[0], testbed.SeedMessage(big, when, ("\\Flagged",)), *small[1:]])
+    before = old.snapshot(login)
+
+    code, _, err = run_cli(capsys, monkeypatch, password + "\n", "--config", str(write_config(tmp_path, old, new)),
+                           "migrate", "--user", login, "--password-stdin")
+    assert code == 0, err
+    after = new.snapshot(login)
+    assert sorted(after.folders["INBOX"]) == sorted(before.folders["INBOX"])  # sha256, flags, INTERNALDATE
+    assert len(after.folders["INBOX"]) == 4
