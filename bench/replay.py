@@ -4,7 +4,8 @@
 
 Prints the time to record the history (once, cached per size), the time of a plain sequential
 read of the notifications (the ceiling: no decoding, no folding, no writing), the time of
-`replay`, events per second of each and the ratio.
+`replay`, events per second of each and the ratio; asserts the replayed views equal the live
+ones (built first by the follower's ordinary batches).
 
 `--record bulk` (the default) builds the same histories as `record_sample_accounts` on
 in-memory aggregates and saves a few hundred aggregates per `app.save(...)` call, so a
@@ -18,10 +19,7 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import psycopg
 
 from mailmigrator.adapters.store.event_store import parse_store_url, store_environment
 from mailmigrator.domain.application import MigrationService
@@ -29,6 +27,7 @@ from mailmigrator.domain.model import AccountMigration
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))  # the Dovecot test bed
 from sample_history import FOLDERS, record_sample_accounts
 from mailmigrator.projections.follower import MigrationViews
+from scratch_store import scratch_store_url
 
 
 def record(app: MigrationService, events: int) -> None:
@@ -100,15 +99,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "mailmigrator-bench")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    dbname = None
-    if args.store == "sqlite":
-        url = f"sqlite://{args.dir / f'replay-{args.events}-{args.record}.sqlite'}"
-    else:
-        dbname = f"mm_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
-    try:
+    sqlite_url = f"sqlite://{args.dir / f'replay-{args.events}-{args.record}.sqlite'}"
+    with scratch_store_url(args.store, sqlite_url) as url:
         app = MigrationService(env=store_environment(parse_store_url(url, args.dir)))
         started = time.perf_counter()
         (record_bulk if args.record == "bulk" else record)(app, args.events)
@@ -120,16 +112,17 @@ def main() -> None:
         read = plain_read(app)
         read_s = time.perf_counter() - started
 
+        # The live views: the follower's ordinary batches, as serve applies them.
+        views.catch_up()
+        live = (views.run_status(), views.accounts(), views.store.log_count())
+
         started = time.perf_counter()
         replayed = views.replay()
         replay_s = time.perf_counter() - started
         assert replayed == read == total, (replayed, read, total)
-        accounts = len(views.accounts())
+        assert (views.run_status(), views.accounts(), views.store.log_count()) == live, "replayed views differ"
+        accounts = len(live[1])
         app.close()
-    finally:
-        if dbname:
-            with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"store: {args.store}   events: {total:,}   accounts: {accounts:,}")
     print(f"record history ({args.record}):  {recorded:8.1f} s   (about 0 when cached from an earlier run)")

@@ -1,25 +1,38 @@
 """The tracked follower that keeps every read model in step with the event store.
 
-It pulls notifications after its tracking position (this works on SQLite,
+It pulls the stored events after its tracking position (this works on SQLite,
 whose recorder cannot `subscribe`, and on PostgreSQL alike), folds a batch of
 them into view rows, and commits rows and position together.
+
+The events are read as rows and decoded by the application's own mapper, with
+each account's id made once per batch: at a replay's rate, building a
+`Notification` and a `UUID` per event costs as much as the fold.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+from uuid import UUID
 
-from eventsourcing.persistence import Notification
+import structlog
+from eventsourcing.persistence import StoredEvent
 
 from mailmigrator.domain.application import MigrationService, aggregate_event
+from mailmigrator.domain.errors import ExplainedError
+from mailmigrator.domain.logins import is_map_key
 from mailmigrator.domain.model import RUN_ID, AccountMigration
+from mailmigrator.domain.states import delivered_by_old_server
 from mailmigrator.projections.accounts import (
     AccountDoc,
+    AccountRow,
+    LeaseRow,
     RunDoc,
+    StateTotals,
     apply_to_account,
     apply_to_run,
     iso,
@@ -30,6 +43,18 @@ from mailmigrator.projections.log import account_lines, run_lines
 from mailmigrator.projections.viewstore import StalePosition, ViewBatch, ViewStore
 
 BATCH_SIZE = 1000
+# A replay folds larger batches: fewer commits, and each account written once per batch.
+REPLAY_BATCH_SIZE = 20_000
+# Log lines read and appended to the log file at a time.
+LOG_CHUNK = 10_000
+
+log = structlog.get_logger("mailmigrator.views")
+
+
+class RoutingMap(Protocol):
+    """A mail routing file derived from the account view (`adapters.accounts.transport_map.TransportMap`)."""
+
+    def rewrite(self, logins: Sequence[str], position: int, *, force: bool = False) -> bool: ...
 
 
 def view_store_for(app: MigrationService) -> ViewStore:
@@ -42,28 +67,32 @@ def view_store_for(app: MigrationService) -> ViewStore:
 class MigrationViews:
     """Account status, run status and the migration log, plus the queries on them."""
 
-    def __init__(self, app: MigrationService, log_file: Path | None = None) -> None:
+    def __init__(self, app: MigrationService, log_file: Path | None = None,
+                 transport_map: RoutingMap | None = None) -> None:
         self.app = app
         self.store = view_store_for(app)
         self.log_file = log_file
+        self.transport_map = transport_map
+        # Written once per process whatever the batches hold: a crash may have come between commit and write.
+        self._transport_map_due = transport_map is not None
 
     def catch_up(self, batch_size: int = BATCH_SIZE) -> int:
         """Apply every event not yet in the views; returns how many were applied."""
         applied = 0
+        table = self.app.recorder.events_table_name  # type: ignore[attr-defined]
         while True:
             start = self.store.position()
-            notifications = self.app.recorder.select_notifications(
-                start=start + 1, limit=batch_size
-            )
-            if not notifications:
+            rows = self.store.stored_events(table, start, batch_size)
+            if not rows:
                 break
-            batch = self._fold(start, notifications)
+            batch = self._fold(start, rows)
             try:
                 self.store.commit(batch)
             except StalePosition:
                 continue
-            applied += len(notifications)
+            applied += len(rows)
         self.sync_log_file()
+        self.sync_transport_map()
         return applied
 
     def replay(self) -> int:
@@ -72,38 +101,71 @@ class MigrationViews:
         if self.log_file is not None and self.log_file.exists():
             with self._locked_log() as f:
                 f.truncate(0)
-        return self.catch_up()
+        applied = self.catch_up(REPLAY_BATCH_SIZE)
+        self.sync_transport_map(force=True)
+        return applied
 
-    def _fold(self, start: int, notifications: Sequence[Notification]) -> ViewBatch:
-        events = [(n.id, aggregate_event(self.app.mapper.to_domain_event(n))) for n in notifications]
-        batch = ViewBatch(start_position=start, end_position=notifications[-1].id)
-        ids = sorted({str(e.originator_id) for _, e in events if e.originator_id != RUN_ID})
-        known = self.store.load_accounts(ids)
-        run = self.store.load_run() or new_run_doc()
-        run_changed = False
-        for position, event in events:
-            if event.originator_id == RUN_ID:
+    def _fold(self, start: int, rows: Sequence[tuple[int, str, int, str, bytes]]) -> ViewBatch:
+        batch = ViewBatch(start_position=start, end_position=rows[-1][0])
+        # The stored id's text differs by engine (SQLite keeps it without dashes): the views key by str(UUID).
+        ids = {raw: UUID(raw) for raw in {row[1] for row in rows}}
+        keys = {raw: str(uuid) for raw, uuid in ids.items()}
+        run_key = str(RUN_ID)
+        known = self.store.load_accounts(sorted(key for key in keys.values() if key != run_key))
+        old_routes = {key: delivered_by_old_server(doc["state"]) for key, doc in known.items()}
+        run = (self.store.load_run() or new_run_doc()) if run_key in keys.values() else None
+        to_event = self.app.mapper.to_domain_event
+        log_lines = batch.log_lines
+        accounts = batch.accounts
+        for position, raw, version, topic, state in rows:
+            event = aggregate_event(to_event(StoredEvent(ids[raw], version, topic, state)))
+            key = keys[raw]
+            at = iso(event.timestamp)
+            if key == run_key:
+                assert run is not None
                 apply_to_run(run, event)
-                run_changed = True
                 lines = run_lines(event)
                 login = "-"
             else:
-                key = str(event.originator_id)
-                doc = batch.accounts.get(key) or known.get(key)
+                doc = accounts.get(key) or known.get(key)
                 if doc is None:
                     if not isinstance(event, AccountMigration.Registered):
                         raise RuntimeError(f"event {position} belongs to an account never registered")
-                    doc = new_account_doc(event.login, iso(event.timestamp))
+                    doc = new_account_doc(event.login, at, event.initial_state)
                 else:
-                    apply_to_account(doc, event)
-                batch.accounts[key] = doc
-                lines = account_lines(event, doc)
+                    apply_to_account(doc, event, at)
+                accounts[key] = doc
+                lines = account_lines(event, doc, at)
                 login = doc["login"]
             for seq, line in enumerate(lines):
-                batch.log_lines.append((position, seq, login, line))
-        if run_changed:
-            batch.run = run
+                log_lines.append((position, seq, login, line))
+        batch.run = run
+        if any(old_routes.get(key) != delivered_by_old_server(doc["state"]) for key, doc in batch.accounts.items()):
+            self._transport_map_due = self.transport_map is not None
         return batch
+
+    def sync_transport_map(self, *, force: bool = False) -> bool:
+        """Rewrite the transport map from the account view when a batch changed whose mail goes where.
+
+        Returns whether it was written; a failure is logged and retried at the next catch-up.
+        """
+        if self.transport_map is None or not (self._transport_map_due or force):
+            return False
+        # The position first: the states read after it are at least as new as it says.
+        position = self.store.position()
+        routed = [login for login, state in self.store.states() if delivered_by_old_server(state)]
+        keys = [login for login in routed if is_map_key(login)]
+        if len(keys) != len(routed):
+            log.warning("logins left out of the transport map: not a plain user@domain",
+                        logins=sorted(set(routed) - set(keys))[:10])
+        try:
+            written = self.transport_map.rewrite(keys, position, force=force)
+        except Exception as e:  # the views are committed; the map catches up at the next batch
+            log.warning("cannot write the transport map",
+                        error=str(e) if isinstance(e, ExplainedError) else type(e).__name__)
+            return False
+        self._transport_map_due = False
+        return written
 
     # Queries
 
@@ -113,6 +175,36 @@ class MigrationViews:
     def accounts(self, state: str | None = None) -> list[AccountDoc]:
         migration_account = self._migration_account()
         return [_with_redirect(doc, migration_account) for doc in self.store.accounts(state)]
+
+    def account_summaries(self, state: str | None = None) -> list[dict[str, object]]:
+        """Each account's document with its folders counted, not listed (what `status --json` prints)."""
+        migration_account = self._migration_account()
+        found: list[dict[str, object]] = []
+        for text, folders in self.store.account_docs(state):
+            doc = json.loads(text)
+            doc["folders"] = folders
+            doc["redirect"] = migration_account if doc["locked"] and migration_account else None
+            found.append(doc)
+        return found
+
+    def state_totals(self) -> list[StateTotals]:
+        return self.store.state_totals()
+
+    def roster_logins(self) -> set[str]:
+        return self.store.roster_logins()
+
+    def account_rows(self, state: str | None = None, search: str = "", offset: int = 0,
+                     limit: int | None = None) -> list[AccountRow]:
+        return self.store.account_rows(state, search, offset, limit)
+
+    def account_count(self, state: str | None = None, search: str = "") -> int:
+        return self.store.account_count(state, search)
+
+    def logins_in(self, states: Iterable[str]) -> dict[str, list[str]]:
+        return self.store.logins_in(states)
+
+    def leases(self, states: Iterable[str], other_than: str) -> list[LeaseRow]:
+        return self.store.leases(states, other_than)
 
     def account(self, login: str) -> AccountDoc | None:
         doc = self.store.account(login)
@@ -143,16 +235,18 @@ class MigrationViews:
                 written, size, inode = recorded
                 if st.st_ino == inode and st.st_size >= size:
                     f.truncate(size)
-            lines = self.store.log_lines(after=written)
-            if lines:
-                f.seek(0, os.SEEK_END)
+            f.seek(0, os.SEEK_END)
+            appended = 0
+            for lines in self.store.log_chunks(written, LOG_CHUNK):
                 f.write("".join(line + "\n" for line in lines).encode())
+                appended += len(lines)
+            if appended:
                 f.flush()
                 os.fsync(f.fileno())
             st = os.fstat(f.fileno())
-            if lines or recorded is None:
-                self.store.set_logfile_state(path, written + len(lines), st.st_size, st.st_ino)
-            return len(lines)
+            if appended or recorded is None:
+                self.store.set_logfile_state(path, written + appended, st.st_size, st.st_ino)
+            return appended
 
     def _locked_log(self) -> _LockedFile:
         assert self.log_file is not None

@@ -24,12 +24,26 @@ def stamp(timestamp: datetime) -> str:
     return timestamp.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
-    """The log lines for one account event; `doc` is the account after the event."""
+def stamp_of(at: str) -> str:
+    """`stamp` of a timestamp given as `iso` writes it."""
+    if at.endswith("+00:00"):
+        return f"{at[:10]} {at[11:19]}"
+    return stamp(datetime.fromisoformat(at))
+
+
+def account_lines(event: Aggregate.Event, doc: AccountDoc, at: str | None = None) -> list[str]:
+    """The log lines for one account event; `doc` is the account after the event, `at` the event's `iso` time."""
     who = doc["login"]
     text: list[str] = []
     if isinstance(event, Account.Registered):
-        text.append("first seen")
+        # A roster account is first seen at its first login; its Expected event follows and says when it was added.
+        if event.initial_state != "expected":
+            text.append("first seen")
+    elif isinstance(event, Account.Expected):
+        text.append(f"added to the roster ({event.source})")
+    elif isinstance(event, Account.RemovedFromRoster):
+        withdrawn = "; never seen, no longer counted" if doc["state"] == "withdrawn" else ""
+        text.append(f"taken off the roster ({event.source}){withdrawn}")
     elif isinstance(event, Account.LoginSeen):
         where = f" on {event.local_address}" if event.local_address else ""
         text.append(f"{event.protocol.upper()} login from {event.client_address}{where}")
@@ -79,9 +93,16 @@ def account_lines(event: Aggregate.Event, doc: AccountDoc) -> list[str]:
         text.append(_sweep_line(event))
     elif isinstance(event, Account.CredentialDestroyed):
         text.append(f"stored password destroyed ({event.reason})")
+    elif isinstance(event, Account.FiltersCopied):
+        text += _filter_lines(event)
+    elif isinstance(event, Account.FiltersNotCopied):
+        names = ", ".join(f'"{s["name"]}"' for s in event.scripts)
+        text.append(f"sieve scripts NOT moved: {event.reason}" + (f"; left on the old server: {names}" if names
+                                                                    else ""))
     else:
         text.append(event_name(event))
-    return [f"{stamp(event.timestamp)} {who}  {t}" for t in text]
+    when = stamp_of(at) if at is not None else stamp(event.timestamp)
+    return [f"{when} {who}  {t}" for t in text]
 
 
 def _folder_lines(event: Account.FolderCopied) -> list[str]:
@@ -91,6 +112,18 @@ def _folder_lines(event: Account.FolderCopied) -> list[str]:
         line += f' (as "{event.target_folder}")'
     return [line] + [f'message UID {skipped.get("uid")} in "{event.source_folder}" NOT copied: '
                      f'{skipped.get("reason")}' for skipped in event.skipped]
+
+
+def _filter_lines(event: Account.FiltersCopied) -> list[str]:
+    names = ", ".join(f'"{s["name"]}" ({human_bytes(s["bytes"])})' for s in event.scripts) or "none"
+    if event.active:
+        active = f'; "{event.active}" active'
+    elif event.old_active:
+        active = f'; NONE active: "{event.old_active}", active on the old server, was refused'
+    else:
+        active = "; none active"
+    return [f"sieve scripts moved: {names}{active}"] + [
+        f'sieve script "{r["name"]}" NOT moved: the new server refused it: {r["reason"]}' for r in event.refused]
 
 
 def _completed_line(event: Account.MigrationCompleted) -> str:

@@ -9,16 +9,57 @@ rolled back whole, so no event is lost or applied twice, whichever process
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
 from mailmigrator.adapters.store.sql_tables import SqlTables, rowcount
-from mailmigrator.projections.accounts import AccountDoc, RunDoc
+from mailmigrator.projections.accounts import (
+    AccountDoc,
+    AccountRow,
+    FolderDoc,
+    LeaseRow,
+    RunDoc,
+    StateTotals,
+    script_outcome,
+)
 
 PROJECTION_NAME = "migration_views"
+
+# An account's columns beside id, login, state, locked and doc.
+ACCOUNT_COLUMNS = (
+    "folder_doc", "folders", "messages", "bytes", "planned_messages", "planned_bytes", "skipped", "logins",
+    "passwords_verified", "passwords_rejected", "retryable", "script", "node", "error", "started_at",
+    "completed_at", "updated_at", "lease_renewed_at", "on_roster",
+)
+TEXT_COLUMNS = frozenset({"folder_doc", "script", "node", "error", "started_at", "completed_at", "updated_at",
+                          "lease_renewed_at"})
+NULLABLE_COLUMNS = frozenset({"retryable"})
+ROW_COLUMNS = ("login", "state", "locked", "folders", "messages", "bytes", "planned_bytes", "started_at",
+               "completed_at", "error", "updated_at", "node")
+_UPDATED = ("state", "locked", "doc", *ACCOUNT_COLUMNS)
+UPSERT = (
+    "INSERT INTO {p}mm_accounts (id, login, " + ", ".join(_UPDATED) + ") VALUES ("
+    + ", ".join(["%s"] * (len(_UPDATED) + 2)) + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+UPDATE = "UPDATE {p}mm_accounts SET " + ", ".join(f"{name} = %s" for name in _UPDATED) + " WHERE id = %s"
+TOTALS = (
+    "SELECT state, COUNT(*) AS accounts, SUM(locked) AS locked, SUM(messages) AS messages, SUM(bytes) AS bytes, "
+    "SUM(CASE WHEN planned_messages > messages THEN planned_messages ELSE messages END) AS planned_messages, "
+    "SUM(CASE WHEN planned_bytes > bytes THEN planned_bytes ELSE bytes END) AS planned_bytes, "
+    "SUM(skipped) AS skipped, SUM(logins) AS logins, SUM(passwords_verified) AS passwords_verified, "
+    "SUM(passwords_rejected) AS passwords_rejected, SUM(CASE WHEN retryable = 1 THEN 1 ELSE 0 END) AS retryable, "
+    "SUM(CASE WHEN script = 'failed' THEN 1 ELSE 0 END) AS scripts_failed, "
+    "SUM(CASE WHEN script = 'timed out' THEN 1 ELSE 0 END) AS scripts_timed_out, SUM(on_roster) AS on_roster, "
+    "MIN(started_at) AS first_started, MAX(CASE WHEN started_at IS NOT NULL THEN updated_at END) AS last_update "
+    "FROM {p}mm_accounts GROUP BY state ORDER BY state"
+)
+_TOTAL_TEXT = ("state", "first_started", "last_update")
+TOTALS_COLUMNS = ("state", "locked", "messages", "bytes", "planned_messages", "planned_bytes", "skipped", "logins",
+                  "passwords_verified", "passwords_rejected", "retryable", "script", "started_at", "updated_at")
 
 
 class Cursor(Protocol):
@@ -43,16 +84,20 @@ class ViewBatch:
 
 
 class ViewStore(SqlTables, TrackingRecorder):
-    """The tables of the read models, on the application's own datastore."""
+    """The tables of the read models, on the application's own datastore.
+
+    An account is a row of indexed columns (what lists, counts and sums read), its document without the
+    folders (`doc`, what `status --json` prints) and its folders (`folder_doc`, what `show` adds).
+    """
 
     def create_tables(self) -> None:
         bigint = self.bigint
+        columns = ", ".join(f"{name} {self._column_type(name)}" for name in ACCOUNT_COLUMNS)
         statements = [
             "CREATE TABLE IF NOT EXISTS {p}mm_tracking (name TEXT PRIMARY KEY, position "
             + bigint + " NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {p}mm_accounts (id TEXT PRIMARY KEY, login TEXT NOT NULL UNIQUE, "
-            "state TEXT NOT NULL, locked INTEGER NOT NULL, doc TEXT NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS mm_accounts_state ON {p}mm_accounts (state)",
+            f"state TEXT NOT NULL, locked INTEGER NOT NULL, doc TEXT NOT NULL, {columns})",
             "CREATE TABLE IF NOT EXISTS {p}mm_run (id INTEGER PRIMARY KEY, doc TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {p}mm_log (position " + bigint + " NOT NULL, seq INTEGER NOT NULL, "
             "login TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (position, seq))",
@@ -62,6 +107,13 @@ class ViewStore(SqlTables, TrackingRecorder):
         with self._cursor(commit=True) as c:
             for statement in statements:
                 c.execute(self.sql(statement))
+        self._add_account_columns()
+        with self._cursor(commit=True) as c:
+            c.execute(self.sql("DROP INDEX IF EXISTS {p}mm_accounts_state"))
+            c.execute(self.sql("CREATE INDEX IF NOT EXISTS mm_accounts_state_login ON {p}mm_accounts (state, login)"))
+            # Every column the totals read, so counting by state scans this index, not the documents.
+            c.execute(self.sql("CREATE INDEX IF NOT EXISTS mm_accounts_totals ON {p}mm_accounts ("
+                               + ", ".join(TOTALS_COLUMNS) + ")"))
 
     def drop_all(self) -> None:
         """Empty every view table and reset the position: the start of a replay."""
@@ -69,6 +121,36 @@ class ViewStore(SqlTables, TrackingRecorder):
             for table in ("mm_accounts", "mm_run", "mm_log", "mm_logfile"):
                 c.execute(self.sql(f"DELETE FROM {{p}}{table}"))
             c.execute(self.sql("DELETE FROM {p}mm_tracking WHERE name = %s"), (PROJECTION_NAME,))
+
+    def _column_type(self, name: str) -> str:
+        if name in TEXT_COLUMNS:
+            return "TEXT"
+        return self.bigint + (" NOT NULL DEFAULT 0" if name not in NULLABLE_COLUMNS else "")
+
+    def _add_account_columns(self) -> None:
+        """Give a table made before the account columns existed those columns, filled from its documents."""
+        with self._cursor(commit=False) as c:
+            if self.postgres:
+                c.execute(
+                    "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'mm_accounts' "
+                    "AND table_schema = " + ("%s" if self.schema else "current_schema()"),
+                    (self.schema,) if self.schema else (),
+                )
+            else:
+                c.execute("PRAGMA table_info(mm_accounts)")
+            present = {row["name"] for row in c.fetchall()}
+        missing = [name for name in ACCOUNT_COLUMNS if name not in present]
+        if not missing:
+            return
+        with self._cursor(commit=True) as c:
+            for name in missing:
+                exists = " IF NOT EXISTS" if self.postgres else ""
+                c.execute(self.sql(f"ALTER TABLE {{p}}mm_accounts ADD COLUMN{exists} {name} {self._column_type(name)}"))
+            c.execute(self.sql("SELECT id, doc, folder_doc FROM {p}mm_accounts"))
+            rows = [(row["id"], _whole_doc(row["doc"], row["folder_doc"])) for row in c.fetchall()]
+            for account_id, doc in rows:
+                doc.setdefault("folders", {})
+                c.execute(self.sql(UPDATE), (*_account_values(account_id, doc)[2:], account_id))
 
     # TrackingRecorder
 
@@ -113,9 +195,9 @@ class ViewStore(SqlTables, TrackingRecorder):
             for start in range(0, len(ids), 500):
                 chunk = list(ids[start : start + 500])
                 marks = ", ".join(["%s"] * len(chunk))
-                c.execute(self.sql(f"SELECT id, doc FROM {{p}}mm_accounts WHERE id IN ({marks})"), chunk)
+                c.execute(self.sql(f"SELECT id, doc, folder_doc FROM {{p}}mm_accounts WHERE id IN ({marks})"), chunk)
                 for row in c.fetchall():
-                    found[row["id"]] = json.loads(row["doc"])
+                    found[row["id"]] = _whole_doc(row["doc"], row["folder_doc"])
         return found
 
     def load_run(self) -> RunDoc | None:
@@ -131,15 +213,8 @@ class ViewStore(SqlTables, TrackingRecorder):
         """Write a batch and move the position, or raise `StalePosition` and write nothing."""
         with self._cursor(commit=True) as c:
             self._set_position(c, PROJECTION_NAME, batch.start_position, batch.end_position)
-            for account_id, doc in batch.accounts.items():
-                c.execute(
-                    self.sql(
-                        "INSERT INTO {p}mm_accounts (id, login, state, locked, doc) VALUES (%s, %s, %s, %s, %s) "
-                        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, "
-                        "locked = excluded.locked, doc = excluded.doc"
-                    ),
-                    (account_id, doc["login"], doc["state"], int(doc["locked"]), json.dumps(doc, sort_keys=True)),
-                )
+            if batch.accounts:
+                c.executemany(self.sql(UPSERT), [_account_values(key, doc) for key, doc in batch.accounts.items()])
             if batch.run is not None:
                 c.execute(
                     self.sql(
@@ -154,27 +229,121 @@ class ViewStore(SqlTables, TrackingRecorder):
                     batch.log_lines,
                 )
 
+    # The application's stored events, read as rows: the follower decodes them itself.
+
+    def stored_events(self, table: str, after: int, limit: int) -> list[tuple[int, str, int, str, bytes]]:
+        """(position, originator id, version, topic, state) of at most `limit` events after `after`."""
+        if self.postgres:
+            query = (f"SELECT notification_id AS id, originator_id::text AS oid, originator_version AS v, topic, state "
+                     f'FROM {{p}}"{table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s')
+        else:
+            query = (f"SELECT rowid AS id, originator_id AS oid, originator_version AS v, topic, state "
+                     f"FROM {table} WHERE rowid > %s ORDER BY rowid LIMIT %s")
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(query), (after, limit))
+            return [(row["id"], row["oid"], row["v"], row["topic"], bytes(row["state"])) for row in c.fetchall()]
+
     # Queries
 
     def accounts(self, state: str | None = None) -> list[AccountDoc]:
-        query = "SELECT doc FROM {p}mm_accounts"
+        """Whole account documents, with their folders, by login."""
+        query = "SELECT doc, folder_doc FROM {p}mm_accounts"
         params: tuple[str, ...] = ()
         if state is not None:
             query += " WHERE state = %s"
             params = (state,)
         with self._cursor(commit=False) as c:
             c.execute(self.sql(query + " ORDER BY login"), params)
-            docs: list[AccountDoc] = [json.loads(row["doc"]) for row in c.fetchall()]
-        return docs
+            return [_whole_doc(row["doc"], row["folder_doc"]) for row in c.fetchall()]
+
+    def account_docs(self, state: str | None = None) -> Iterator[tuple[str, int]]:
+        """(document without folders as stored JSON, folder count) of each account, by login."""
+        where, params = _where(state, "")
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(f"SELECT doc, folders FROM {{p}}mm_accounts{where} ORDER BY login"), params)
+            rows = c.fetchall()
+        for row in rows:
+            yield row["doc"], int(row["folders"])
+
+    def states(self) -> list[tuple[str, str]]:
+        """Every account's login and state, ordered by login."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT login, state FROM {p}mm_accounts ORDER BY login"))
+            return [(row["login"], row["state"]) for row in c.fetchall()]
 
     def account(self, login: str) -> AccountDoc | None:
         with self._cursor(commit=False) as c:
-            c.execute(self.sql("SELECT doc FROM {p}mm_accounts WHERE login = %s"), (login,))
+            c.execute(self.sql("SELECT doc, folder_doc FROM {p}mm_accounts WHERE login = %s"), (login,))
             row = c.fetchone()
-        if row is None:
-            return None
-        doc: AccountDoc = json.loads(row["doc"])
-        return doc
+        return None if row is None else _whole_doc(row["doc"], row["folder_doc"])
+
+    def account_rows(self, state: str | None = None, search: str = "", offset: int = 0,
+                     limit: int | None = None) -> list[AccountRow]:
+        """The list columns of the accounts in `state` whose login holds `search`, by login, one page."""
+        where, params = _where(state, search)
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(f"SELECT {', '.join(ROW_COLUMNS)} FROM {{p}}mm_accounts{where} ORDER BY login{page}"),
+                      params)
+            rows: list[AccountRow] = [
+                {"login": r["login"], "state": r["state"], "locked": bool(r["locked"]), "folders": int(r["folders"]),
+                 "messages": int(r["messages"]), "bytes": int(r["bytes"]), "planned_bytes": int(r["planned_bytes"]),
+                 "started_at": r["started_at"], "completed_at": r["completed_at"], "error": r["error"],
+                 "updated_at": r["updated_at"] or "", "node": r["node"] or ""}
+                for r in c.fetchall()
+            ]
+        return rows
+
+    def account_count(self, state: str | None = None, search: str = "") -> int:
+        where, params = _where(state, search)
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(f"SELECT COUNT(*) AS n FROM {{p}}mm_accounts{where}"), params)
+            return int(c.fetchone()["n"])
+
+    def roster_logins(self) -> set[str]:
+        """The logins on the roster."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT login FROM {p}mm_accounts WHERE on_roster = 1"))
+            return {row["login"] for row in c.fetchall()}
+
+    def state_totals(self) -> list[StateTotals]:
+        """Counts and sums of the accounts, one entry per state present."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(TOTALS))
+            rows = c.fetchall()
+        totals: list[StateTotals] = []
+        for row in rows:
+            entry = {key: (row[key] if key in _TOTAL_TEXT else int(row[key] or 0)) for key in row.keys()}
+            totals.append(entry)  # type: ignore[arg-type]
+        return totals
+
+    def logins_in(self, states: Iterable[str]) -> dict[str, list[str]]:
+        """The logins of the accounts in each of `states`, by login."""
+        chosen = sorted(set(states))
+        found: dict[str, list[str]] = {state: [] for state in chosen}
+        if not chosen:
+            return found
+        marks = ", ".join(["%s"] * len(chosen))
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(f"SELECT state, login FROM {{p}}mm_accounts WHERE state IN ({marks}) ORDER BY login"),
+                      chosen)
+            for row in c.fetchall():
+                found[row["state"]].append(row["login"])
+        return found
+
+    def leases(self, states: Iterable[str], other_than: str) -> list[LeaseRow]:
+        """Accounts in `states` with a lease renewed at some time by a node other than `other_than`."""
+        chosen = sorted(set(states))
+        if not chosen:
+            return []
+        marks = ", ".join(["%s"] * len(chosen))
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(
+                "SELECT login, state, node, lease_renewed_at FROM {p}mm_accounts "
+                f"WHERE state IN ({marks}) AND lease_renewed_at IS NOT NULL AND node <> %s ORDER BY login"),
+                (*chosen, other_than))
+            return [{"login": r["login"], "state": r["state"], "node": r["node"],
+                     "lease_renewed_at": r["lease_renewed_at"]} for r in c.fetchall()]
 
     def run(self) -> RunDoc | None:
         return self.load_run()
@@ -186,6 +355,21 @@ class ViewStore(SqlTables, TrackingRecorder):
         with self._cursor(commit=False) as c:
             c.execute(self.sql(query))
             return [row["line"] for row in c.fetchall()]
+
+    def log_chunks(self, after: int, size: int) -> Iterator[list[str]]:
+        """Log lines in order from line `after` on, `size` at a time (the first skip counts, the rest seek)."""
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql(f"SELECT position, seq, line FROM {{p}}mm_log ORDER BY position, seq "
+                               f"LIMIT {int(size)} OFFSET {int(after)}"))
+            rows = c.fetchall()
+        while rows:
+            yield [row["line"] for row in rows]
+            last = rows[-1]
+            with self._cursor(commit=False) as c:
+                c.execute(self.sql("SELECT position, seq, line FROM {p}mm_log WHERE position > %s OR "
+                                   f"(position = %s AND seq > %s) ORDER BY position, seq LIMIT {int(size)}"),
+                          (last["position"], last["position"], last["seq"]))
+                rows = c.fetchall()
 
     def log_count(self) -> int:
         with self._cursor(commit=False) as c:
@@ -209,3 +393,38 @@ class ViewStore(SqlTables, TrackingRecorder):
                 (path, lines, size, inode),
             )
 
+
+def _where(state: str | None, search: str) -> tuple[str, tuple[str, ...]]:
+    clauses, params = [], []
+    if state is not None:
+        clauses.append("state = %s")
+        params.append(state)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("login LIKE %s ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _account_values(account_id: str, doc: AccountDoc) -> tuple[object, ...]:
+    """The upsert's values: id, login, state, locked, doc, then `ACCOUNT_COLUMNS`."""
+    folders = doc["folders"]
+    rest = {key: value for key, value in doc.items() if key != "folders" and key != "redirect"}
+    retryable = doc.get("retryable")
+    return (
+        account_id, doc["login"], doc["state"], int(doc["locked"]), json.dumps(rest, sort_keys=True),
+        json.dumps(folders, sort_keys=True), len(folders), doc["messages"], doc["bytes"],
+        doc.get("planned_messages", 0), doc.get("planned_bytes", 0), doc.get("skipped", 0), doc.get("logins", 0),
+        doc.get("passwords_verified", 0), doc.get("passwords_rejected", 0),
+        None if retryable is None else int(retryable), script_outcome(doc.get("post_script")), doc.get("node", ""),
+        doc.get("error"), doc.get("started_at"), doc.get("completed_at"), doc["updated_at"],
+        doc.get("lease_renewed_at"), int(doc.get("on_roster", False)),
+    )
+
+
+def _whole_doc(doc_text: str, folder_text: str | None) -> AccountDoc:
+    doc: AccountDoc = json.loads(doc_text)
+    if folder_text is not None:
+        folders: dict[str, FolderDoc] = json.loads(folder_text)
+        doc["folders"] = folders
+    return doc

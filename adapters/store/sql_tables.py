@@ -15,6 +15,7 @@ class SqlTables:
     def __init__(self, datastore: Any, *, postgres: bool, schema: str = "") -> None:
         self.datastore = datastore
         self.postgres = postgres
+        self.schema = schema if postgres else ""
         self.prefix = f'"{schema}".' if postgres and schema else ""
 
     @classmethod

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from mailmigrator.domain.states import RUN_STATES
 from mailmigrator.ops.console.queries import Snapshot, state_counts
-from mailmigrator.projections.accounts import AccountDoc
+from mailmigrator.projections.accounts import StateTotals, roster_progress
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -17,7 +17,7 @@ def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second:
 
     `unrecorded_rejections`: this node's rejected passwords kept only as a count (unknown logins, rate bound).
     """
-    accounts = snap.accounts
+    totals = snap.totals
     out: list[str] = []
 
     def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
@@ -30,38 +30,41 @@ def render_metrics(snap: Snapshot, messages_per_second: float, bytes_per_second:
     family("mailmigrator_run_state", "gauge", "1 for the run's current state, 0 for the others.",
            [({"state": s}, 1 if snap.run["state"] == s else 0) for s in RUN_STATES])
     family("mailmigrator_accounts", "gauge", "Accounts recorded, by migration state.",
-           [({"state": s}, n) for s, n in state_counts(accounts).items()])
+           [({"state": s}, n) for s, n in state_counts(totals).items()])
+    roster = roster_progress(totals)
+    if roster is not None:
+        family("mailmigrator_roster_accounts", "gauge", "Accounts on the roster, by how far they are.",
+               [({"progress": key}, roster[key]) for key in ("done", "in_progress", "failed", "not_seen")])
     family("mailmigrator_accounts_locked", "gauge", "Accounts whose users are locked out while they migrate.",
-           [({}, sum(1 for d in accounts if d["locked"]))])
+           [({}, sum(t["locked"] for t in totals))])
     family("mailmigrator_messages_copied_total", "counter", "Messages copied to the new server (sweeps included).",
-           [({}, sum(d["messages"] for d in accounts))])
+           [({}, sum(t["messages"] for t in totals))])
     family("mailmigrator_bytes_copied_total", "counter", "Bytes copied to the new server (sweeps included).",
-           [({}, sum(d["bytes"] for d in accounts))])
+           [({}, sum(t["bytes"] for t in totals))])
     family("mailmigrator_copy_messages_per_second", "gauge", "Copy rate over the last few minutes, in messages.",
            [({}, messages_per_second)])
     family("mailmigrator_copy_bytes_per_second", "gauge", "Copy rate over the last few minutes, in bytes.",
            [({}, bytes_per_second)])
     family("mailmigrator_proxy_logins_total", "counter", "Logins the proxy saw for accounts not yet migrated.",
-           [({}, sum(d["logins"] for d in accounts))])
+           [({}, sum(t["logins"] for t in totals))])
     family("mailmigrator_password_checks_total", "counter",
            "Passwords checked against the old server (proxy logins and manual migrations), by outcome; "
            "rejections not kept as events are counted since this node started.",
-           [({"outcome": "verified"}, sum(d.get("passwords_verified", 0) for d in accounts)),
+           [({"outcome": "verified"}, sum(t["passwords_verified"] for t in totals)),
             ({"outcome": "rejected"},
-             sum(d.get("passwords_rejected", 0) for d in accounts) + unrecorded_rejections)])
-    family("mailmigrator_failures", "gauge", "Problems now recorded, by kind.", _failures(accounts))
+             sum(t["passwords_rejected"] for t in totals) + unrecorded_rejections)])
+    family("mailmigrator_failures", "gauge", "Problems now recorded, by kind.", _failures(totals))
     return "\n".join(out) + "\n"
 
 
-def _failures(accounts: list[AccountDoc]) -> list[tuple[dict[str, str], float]]:
-    failed = [d for d in accounts if d["state"] == "failed"]
-    scripts = [script for d in accounts if (script := d.get("post_script"))]
+def _failures(totals: list[StateTotals]) -> list[tuple[dict[str, str], float]]:
+    failed = [t for t in totals if t["state"] == "failed"]
     return [
-        ({"kind": "copy_retryable"}, sum(1 for d in failed if d["retryable"])),
-        ({"kind": "copy_permanent"}, sum(1 for d in failed if not d["retryable"])),
-        ({"kind": "message_skipped"}, sum(d["skipped"] for d in accounts)),
-        ({"kind": "post_script_failed"}, sum(1 for s in scripts if s["exit_status"] != 0 and not s["timed_out"])),
-        ({"kind": "post_script_timeout"}, sum(1 for s in scripts if s["timed_out"])),
+        ({"kind": "copy_retryable"}, sum(t["retryable"] for t in failed)),
+        ({"kind": "copy_permanent"}, sum(t["accounts"] - t["retryable"] for t in failed)),
+        ({"kind": "message_skipped"}, sum(t["skipped"] for t in totals)),
+        ({"kind": "post_script_failed"}, sum(t["scripts_failed"] for t in totals)),
+        ({"kind": "post_script_timeout"}, sum(t["scripts_timed_out"] for t in totals)),
     ]
 
 

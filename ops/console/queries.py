@@ -13,10 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailmigrator.domain.states import ACCOUNT_STATES, SETTLED_STATES
+from mailmigrator.domain.states import ACCOUNT_STATES, OFF_ROSTER_STATES, SETTLED_STATES
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.composition import OpenStore
-from mailmigrator.projections.accounts import AccountDoc, EventRow, RunDoc, event_row
+from mailmigrator.projections.accounts import (
+    AccountDoc,
+    AccountRow,
+    EventRow,
+    RunDoc,
+    StateTotals,
+    event_row,
+    roster_progress,
+)
 
 RATE_WINDOW_SECONDS = 300.0
 MAX_PAGE = 500
@@ -24,11 +32,11 @@ MAX_PAGE = 500
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The run document and every account document at one tracking position."""
+    """The run document and the accounts' counts and sums by state at one tracking position."""
 
     position: int
     run: RunDoc
-    accounts: list[AccountDoc]
+    totals: list[StateTotals]
 
 
 @dataclass
@@ -107,9 +115,9 @@ class ConsoleQueries:
         views.catch_up()
         position = views.store.position()
         if self._cached is None or self._cached.position != position:
-            self._cached = Snapshot(position, views.run_status(), views.accounts())
-        messages = sum(doc["messages"] for doc in self._cached.accounts)
-        bytes_ = sum(doc["bytes"] for doc in self._cached.accounts)
+            self._cached = Snapshot(position, views.run_status(), views.state_totals())
+        messages = sum(t["messages"] for t in self._cached.totals)
+        bytes_ = sum(t["bytes"] for t in self._cached.totals)
         self.rate.add(messages, bytes_)
         return self._cached
 
@@ -123,22 +131,24 @@ class ConsoleQueries:
             "state": snap.run["state"],
             "updated_at": snap.run.get("updated_at"),
             "finished_at": snap.run.get("finished_at"),
-            "counts": state_counts(snap.accounts),
-            "progress": self._progress(snap.accounts),
+            "counts": state_counts(snap.totals),
+            "progress": self._progress(snap.totals),
+            "roster": roster_progress(snap.totals),
         }
 
-    def _progress(self, accounts: list[AccountDoc]) -> dict[str, Any]:
-        messages = sum(doc["messages"] for doc in accounts)
-        bytes_ = sum(doc["bytes"] for doc in accounts)
-        planned_bytes = sum(max(doc["planned_bytes"], doc["bytes"]) for doc in accounts)
-        planned_messages = sum(max(doc["planned_messages"], doc["messages"]) for doc in accounts)
+    def _progress(self, totals: list[StateTotals]) -> dict[str, Any]:
+        totals = [t for t in totals if t["state"] not in OFF_ROSTER_STATES]
+        messages = sum(t["messages"] for t in totals)
+        bytes_ = sum(t["bytes"] for t in totals)
+        planned_bytes = sum(t["planned_bytes"] for t in totals)
+        planned_messages = sum(t["planned_messages"] for t in totals)
         message_rate, byte_rate = self.rate.rates()
         left = max(planned_bytes - bytes_, 0)
         eta = round(left / byte_rate) if byte_rate > 0 and left else (0 if not left else None)
         return {
-            "accounts_total": len(accounts),
-            "accounts_done": sum(1 for doc in accounts if doc["state"] in SETTLED_STATES),
-            "accounts_failed": sum(1 for doc in accounts if doc["state"] == "failed"),
+            "accounts_total": sum(t["accounts"] for t in totals),
+            "accounts_done": sum(t["accounts"] for t in totals if t["state"] in SETTLED_STATES),
+            "accounts_failed": sum(t["accounts"] for t in totals if t["state"] == "failed"),
             "messages_done": messages,
             "messages_planned": planned_messages,
             "bytes_done": bytes_,
@@ -150,22 +160,26 @@ class ConsoleQueries:
 
     def accounts(self, query: AccountQuery) -> dict[str, Any]:
         snap = self.snapshot()
-        chosen = [
-            doc for doc in snap.accounts
-            if (query.state is None or doc["state"] == query.state) and query.search in doc["login"]
-        ]
-        page = chosen[query.offset : query.offset + query.limit]
+        views = self.wired.views
+        page = views.account_rows(query.state, query.search, query.offset, query.limit)
         return {
-            "total": len(chosen),
+            "total": views.account_count(query.state, query.search),
             "offset": query.offset,
             "limit": query.limit,
-            "counts": state_counts(snap.accounts),
-            "accounts": [account_row(doc) for doc in page],
+            "counts": state_counts(snap.totals),
+            "accounts": [account_row(row) for row in page],
         }
 
     def account(self, login: str) -> AccountDoc | None:
         self.wired.views.catch_up()
         return self.wired.views.account(login)
+
+    def report(self, fmt: str) -> str:
+        """The sign-off report as `mailmigrator report` writes it."""
+        from mailmigrator.ops.report import render, report_rows
+
+        self.wired.views.catch_up()
+        return render(report_rows(self.wired.views.accounts()), fmt)
 
     def history(self, login: str) -> list[EventRow]:
         """Every event of the account, oldest first; `AccountNotFound` when none."""
@@ -190,20 +204,20 @@ class ConsoleQueries:
         return {"changed": changed, "state": self.wired.views.run_status()["state"]}
 
 
-def state_counts(accounts: list[AccountDoc]) -> dict[str, int]:
+def state_counts(totals: list[StateTotals]) -> dict[str, int]:
     counts = {state: 0 for state in ACCOUNT_STATES}
-    for doc in accounts:
-        counts[doc["state"]] = counts.get(doc["state"], 0) + 1
+    for t in totals:
+        counts[t["state"]] = t["accounts"]
     return counts
 
 
-def account_row(doc: AccountDoc) -> dict[str, Any]:
+def account_row(doc: AccountRow) -> dict[str, Any]:
     """One line of the accounts table."""
     return {
         "login": doc["login"],
         "state": doc["state"],
         "locked": doc["locked"],
-        "folders": len(doc["folders"]),
+        "folders": doc["folders"],
         "messages": doc["messages"],
         "bytes": doc["bytes"],
         "planned_bytes": doc["planned_bytes"],

@@ -17,6 +17,7 @@ from mailmigrator.domain.model import AccountMigration
 from mailmigrator.ops.config import load_config
 from sample_history import record_sample_accounts
 from mailmigrator.ops.composition import OpenStore, open_store
+from mailmigrator.projections.accounts import state_totals
 from mailmigrator.projections.viewstore import ViewBatch, ViewStore
 
 
@@ -285,3 +286,31 @@ def test_ids_are_uuid5_of_the_login() -> None:
     app = MigrationService()
     app.record_login("jo@example.com", "imap", "127.0.0.2", "127.0.0.1")
     assert app.account("jo@example.com").id == account_id("jo@example.com")
+
+
+def test_account_pages_counts_and_totals_come_from_sql_and_match_the_documents(
+        tmp_path: Path, store_url: str) -> None:
+    wired = open_wired(tmp_path, store_url)
+    app, views = wired.app, wired.views
+    record_sample_accounts(app, 0, 12)
+    app.record_login("late_1@example.com", "imap", "127.0.0.9", "127.0.0.1")
+    views.catch_up()
+    docs = views.accounts()
+    logins = [doc["login"] for doc in docs]
+
+    assert views.account_count() == len(docs)
+    page = views.account_rows(offset=3, limit=4)
+    assert [row["login"] for row in page] == logins[3:7]
+    assert [row["folders"] for row in page] == [len(doc["folders"]) for doc in docs[3:7]]
+    assert views.account_rows(offset=len(docs), limit=4) == []
+    assert views.account_count(search="user1") == sum("user1" in login for login in logins) > 1
+    assert [r["login"] for r in views.account_rows(search="user1", limit=2)] == [
+        login for login in logins if "user1" in login][:2]
+    # LIKE wildcards in a search are literal characters.
+    assert views.account_count(search="_") == sum("_" in login for login in logins)
+    assert views.account_count(search="%") == 0
+    assert views.account_count(state="completed") == sum(doc["state"] == "completed" for doc in docs)
+    assert views.account_count(state="failed") == 0
+    assert [r["login"] for r in views.account_rows(state="seen")] == ["late_1@example.com"]
+    assert views.state_totals() == state_totals(docs)
+    wired.close()
