@@ -49,7 +49,8 @@ def login_once(port: int, login: str) -> float:
     return took
 
 
-def write_config(work: Path, old: testbed.DovecotServer, new: testbed.DovecotServer, engine: str) -> Path:
+def write_config(work: Path, old: testbed.DovecotServer, new: testbed.DovecotServer, engine: str,
+                 concurrency: int = 8) -> Path:
     secret = work / "master.secret"
     secret.write_text(new.master_password or "")
     secret.chmod(0o600)
@@ -62,7 +63,7 @@ def write_config(work: Path, old: testbed.DovecotServer, new: testbed.DovecotSer
         f'provisioning = "passwd-file"\npasswd_file = "{new.passwd_file}"\n'
         f'engine = "{engine}"\ndoveadm_config = "{new.config_path}"\n'
         f'[proxy]\nimap = ["127.0.0.1:1"]\n'
-        f'[migration]\nprimary_domain = "example.com"\nwhile_copying = "old-server"\nconcurrency = 8\n'
+        f'[migration]\nprimary_domain = "example.com"\nwhile_copying = "old-server"\nconcurrency = {concurrency}\n'
     )
     return path
 
