@@ -38,6 +38,15 @@ def normalise_login(raw: str, primary_domain: str) -> str:
     return login
 
 
+def is_map_key(login: str) -> bool:
+    """Whether `login` can be a key line of a Postfix map as it is: a normalised `user@domain`, no blank,
+    no control character, no `#` that would make the line a comment."""
+    try:
+        return normalise_login(login, "") == login and not login.startswith("#")
+    except InvalidLogin:
+        return False
+
+
 def _is_separator_or_control(char: str) -> bool:
     # Control characters and Unicode line/paragraph/space separators would split or
     # disguise a line in the passwd-file, the alias map or a log.

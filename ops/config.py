@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import stat
 import tomllib
@@ -145,6 +146,37 @@ TlsMode = Literal["detect", "direct", "disable"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_smtp_next_hop(value: str) -> bool:
+    """Postfix smtp(8) next hop: `host`, `host:port`, `[host]`, `[host]:port` or `[ipv6:ADDR]:port`."""
+    bracketed = value.startswith("[")
+    if bracketed:
+        host, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        port = rest[1:] if rest else None
+    else:
+        host, _, port_text = value.partition(":")
+        port = port_text if ":" in value else None
+    if port is not None and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return False
+    if bracketed and host.lower().startswith("ipv6:"):
+        try:
+            ipaddress.IPv6Address(host[5:])
+        except ValueError:
+            return False
+        return True
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _with_standard_ports(data: object, imap_key: str, host_port_key: str) -> object:
     """Move a port written into `host` to `host_port_key`; unset ports are the standard ones of the TLS mode."""
     if not isinstance(data, dict):
@@ -196,6 +228,7 @@ class SourceConfig(_Section):
     verify_certificate: bool = True
     login_format: Literal["as-typed", "email", "local-part"] = "as-typed"
     admin_user: str = ""
+    managesieve_port: Port = 4190
     admin_password_file: ConfigPath = None
     admin_login: Literal["sasl", "dovecot-master"] = "sasl"
 
@@ -216,6 +249,7 @@ class TargetConfig(_Section):
     host: str = "127.0.0.1"
     port: Port
     pop3_port: int = Field(ge=0, le=65535, description="0 = no POP3 on the new server")
+    managesieve_port: Port = 4190
     tls: TlsMode = "disable"
     ca_file: ConfigPath = None
     verify_certificate: bool = True
@@ -231,6 +265,11 @@ class TargetConfig(_Section):
     # "auto": dovecot when doveadm_config is set and doveadm is on PATH, else imap.
     engine: Literal["auto", "imap", "dovecot"] = "auto"
     doveadm_config: ConfigPath = None
+    # Split delivery: mail of accounts not yet switched over goes to old_smtp, written after "smtp:".
+    transport_map: ConfigPath = None
+    old_smtp: Stripped = Field(default="", description='the old server\'s SMTP next hop, e.g. "[old.example.com]:25"')
+    postmap: Stripped = Field(default="", description='the postmap program run after each rewrite of transport_map, '
+                                                      'e.g. "postmap"; "" = not run')
 
     @model_validator(mode="before")
     @classmethod
@@ -241,6 +280,21 @@ class TargetConfig(_Section):
     def _postgresql_has_a_url(self) -> TargetConfig:
         if self.provisioning == "postgresql" and not self.postgresql_url:
             raise _refusal(' = "postgresql" needs postgresql_url', "provisioning")
+        return self
+
+    @field_validator("old_smtp")
+    @classmethod
+    def _next_hop(cls, value: str) -> str:
+        if value and not is_smtp_next_hop(value):
+            raise _refusal(f' = {value!r} is not an SMTP next hop; write "[old.example.com]:25" '
+                           '(a host name or IP address, in brackets for no MX lookup, then :port)')
+        return value
+
+    @model_validator(mode="after")
+    def _transport_map_has_a_next_hop(self) -> TargetConfig:
+        if self.transport_map is not None and not self.old_smtp:
+            raise _refusal(' needs old_smtp, the old server\'s SMTP next hop, e.g. "[old.example.com]:25"',
+                           "transport_map")
         return self
 
 
@@ -285,6 +339,8 @@ class MigrationConfig(_Section):
     adaptive_connections: bool = True
     exclude_folders: Strings = ()
     max_message_size: int = Field(default=0, ge=0, description="bytes; 0 = no limit")
+    # Move each account's Sieve scripts and the active one over ManageSieve; a server without it is recorded.
+    sieve: bool = True
     domains: Domains = Field(default_factory=dict)
     # Several nodes on one store: who this node is, and how long its claim on an account lasts unrenewed.
     node_name: Stripped = Field(default="", description='default "hostname/first proxy listener"')

@@ -9,6 +9,7 @@ with one line naming the key and what to do.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def check_before_listening(config: Config) -> None:
             _writable_directory(target.passwd_file, "[target] passwd_file")
         if target.alias_map is not None:
             _writable_directory(target.alias_map, "[target] alias_map")
+        if target.transport_map is not None:
+            _writable_directory(target.transport_map, "[target] transport_map")
+        if target.postmap and shutil.which(target.postmap) is None:
+            raise ConfigError(f"[target] postmap {target.postmap!r} is not an executable program on PATH; "
+                              "name it as postmap or /usr/sbin/postmap (Debian: postfix)")
         copy_engine_choice(target, source)
     _certificate(proxy.tls_cert, proxy.tls_key, "[proxy]")
     _certificate(admin.tls_cert, admin.tls_key, "[admin]")

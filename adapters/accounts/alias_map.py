@@ -8,10 +8,10 @@ Lines are split on `\\n` only, as postmap(1) reads them: `str.splitlines()` woul
 from __future__ import annotations
 
 import fcntl
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from mailmigrator.adapters.accounts.map_file import read_map_text, replace_map_text
 
 _BLANKS = re.compile(r"[ \t]+")
 
@@ -47,24 +47,10 @@ class AliasMap:
         return _entries(self._read())
 
     def _read(self) -> str:
-        if not self.path.exists():
-            return ""
-        with open(self.path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return f.read()
+        return read_map_text(self.path)
 
     def _replace(self, text: str) -> None:
-        mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        replace_map_text(self.path, text)
 
 
 def _entries(text: str) -> dict[str, str]:

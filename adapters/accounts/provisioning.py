@@ -30,6 +30,10 @@ class ProvisioningError(DomainError):
 # file once per ioloop second), so a change is certain to be seen after this.
 PASSWD_FILE_SETTLE_SECONDS = 1.1
 
+# The password field of an account prepared ahead of its owner's first login (a pre-copy):
+# crypt(3) never returns "!" for any password, so no password opens it; the master user still can.
+NO_PASSWORD_FIELD = "{CRYPT}!"
+
 
 class Provisioner(Protocol):
     """Creates accounts on the new server and sets their passwords."""
@@ -46,6 +50,10 @@ class Provisioner(Protocol):
 
     def set_password(self, login: str, password: str) -> None:
         """Set the password of an existing account; `ProvisioningError` when missing."""
+        ...
+
+    def prepare(self, login: str) -> bool:
+        """Create `login` with a password field no password matches; False when it already exists."""
         ...
 
 
@@ -88,13 +96,20 @@ class PasswdFileProvisioner:
         self.lock_path = path.with_name(path.name + ".lock")
 
     def create(self, login: str, password: str) -> None:
+        if not self._add(login, dovecot_hash(password, self.scheme)):
+            raise ProvisioningError(f"{login} already exists in {self.path}")
+
+    def prepare(self, login: str) -> bool:
+        return self._add(login, NO_PASSWORD_FIELD)
+
+    def _add(self, login: str, field: str) -> bool:
         _check_login(login)
-        line = f"{login}:{dovecot_hash(password, self.scheme)}::::::\n"
         with self._locked():
             lines = self._read()
             if any(_login_of(existing) == login for existing in lines):
-                raise ProvisioningError(f"{login} already exists in {self.path}")
-            self._write(lines + [line])
+                return False
+            self._write(lines + [f"{login}:{field}::::::\n"])
+        return True
 
     def exists(self, login: str) -> bool:
         return any(_login_of(line) == login for line in self._read())
@@ -192,14 +207,20 @@ class PostgresUsersProvisioner:
         )
 
     def create(self, login: str, password: str) -> None:
+        if not self._insert(login, dovecot_hash(password, self.scheme)):
+            raise ProvisioningError(f"{login} already exists in the users table")
+
+    def prepare(self, login: str) -> bool:
+        return self._insert(login, NO_PASSWORD_FIELD)
+
+    def _insert(self, login: str, field: str) -> bool:
         row = self._execute(
             sql.SQL(
                 "INSERT INTO {} (login, password, domain) VALUES (%s, %s, %s) ON CONFLICT (login) DO NOTHING RETURNING login"
             ).format(self.table),
-            (login, dovecot_hash(password, self.scheme), login.rpartition("@")[2]),
+            (login, field, login.rpartition("@")[2]),
         )
-        if row is None:
-            raise ProvisioningError(f"{login} already exists in the users table")
+        return row is not None
 
     def exists(self, login: str) -> bool:
         return self._execute(sql.SQL("SELECT login FROM {} WHERE login = %s").format(self.table), (login,)) is not None

@@ -63,6 +63,19 @@ def bindable(port: int) -> bool:
         return True
 
 
+def serve_until_it_stops(config: Path, case: str, before: Callable[[], None] | None = None) -> tuple[int, str]:
+    """Run `serve` on `config` (calling `before` in the child first); its exit status and standard error."""
+    with subprocess.Popen([*SERVE, "--config", str(config), "serve"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=before) as process:
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            pytest.fail(f"serve kept running {case}:\n{err[-2000:]}")
+    return process.returncode, err
+
+
 def plain_admin_password(tmp: Path, text: str) -> str:
     secret(tmp / "admin.hash", "just-a-plain-password")
     return text
@@ -113,16 +126,30 @@ def test_a_bad_file_stops_serve_before_any_port_opens(spoil: Callable[[Path, str
     imap_port, admin_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     config = tmp_path / "mailmigrator.toml"
     config.write_text(spoil(tmp_path, config_text(tmp_path, imap_port, admin_port)))
-    with subprocess.Popen([*SERVE, "--config", str(config), "serve"], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-        try:
-            out, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-            pytest.fail(f"serve kept running with a bad file ({named}):\n{err[-2000:]}")
-    assert process.returncode == 2, err[-3000:]
+    returncode, err = serve_until_it_stops(config, f"with a bad file ({named})")
+    assert returncode == 2, err[-3000:]
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mailmigrator: ") and named in lines[0], err[-3000:]
     assert "Traceback" not in err and "listening" not in err
+    assert bindable(imap_port) and bindable(admin_port)
+
+
+def _open_files_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+def test_max_connections_beyond_the_open_files_limit_stops_serve_in_one_line(tmp_path: Path) -> None:
+    imap_port, admin_port = free_port("127.0.0.1"), free_port("127.0.0.1")
+    config = tmp_path / "mailmigrator.toml"
+    config.write_text(config_text(tmp_path, imap_port, admin_port).replace("[proxy]\n", "[proxy]\nmax_connections = 5000\n"))
+    returncode, err = serve_until_it_stops(config, "beyond its open files limit", _open_files_limit(1024))
+    assert returncode == 2, err[-3000:]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mailmigrator: [proxy] max_connections = 5000"), err[-3000:]
+    assert "may open 1024" in lines[0] and "Traceback" not in err
     assert bindable(imap_port) and bindable(admin_port)

@@ -58,6 +58,10 @@ def config_file(tmp_path: Path, text: str) -> Path:
     ('[source]\nhost = ""\n', "[source] host is empty"),
     ('[source]\nprotocol = "pop3"\n', "[source] host is missing"),
     ('[migration.domains]\n"not-an-ip" = "a.com"\n', "[migration] domains: 'not-an-ip' is not an IP address"),
+    ('[target]\nold_smtp = "old.example.com 25"\n', "[target] old_smtp = 'old.example.com 25' is not an SMTP next hop"),
+    ('[target]\nold_smtp = "[old.example.com]:0"\n', "[target] old_smtp = '[old.example.com]:0' is not an SMTP"),
+    ('[target]\nold_smtp = "[old.example.com]25"\n', "[target] old_smtp = '[old.example.com]25' is not an SMTP"),
+    ('[target]\ntransport_map = "transport"\n', "[target] transport_map needs old_smtp"),
     # keys that need another key
     ('[source]\nhost = "old"\nadmin_user = "admin"\n', "[source] admin_user needs admin_password_file"),
     ('[target]\nprovisioning = "postgresql"\n', '[target] provisioning = "postgresql" needs postgresql_url'),

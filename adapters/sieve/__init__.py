@@ -1,0 +1,1 @@
+"""Sieve scripts over ManageSieve (RFC 5804): the wire protocol, one connection, both servers."""
