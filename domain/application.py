@@ -7,6 +7,7 @@ Which store it records into is decided by the environment it is given
 from __future__ import annotations
 
 import random
+from functools import partial
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,14 +20,17 @@ from eventsourcing.persistence import RecordConflictError
 
 from mailmigrator.domain.checkpoints import CheckpointFields, FolderCopiedFields
 from mailmigrator.domain.errors import AccountNotFound, ConcurrentUpdate
+from mailmigrator.domain.filters import FilterReport, RefusedScriptFields, ScriptFields
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS, RUN_ID, AccountMigration, MigrationRun, PlannedFolderFields
+from mailmigrator.domain.states import UNVERIFIED_STATES
 
 T = TypeVar("T")
 AggregateT = TypeVar("AggregateT", AccountMigration, MigrationRun)
 
 # Concurrent writers to one aggregate are rare (parallel logins of one user,
 # two nodes); reloads with a short random pause settle them.
+ROSTER_BATCH = 500
 CONFLICT_RETRIES = 30
 
 
@@ -121,13 +125,63 @@ class MigrationService(Application[UUID]):
         """
 
         def verify(account: AccountMigration) -> bool:
-            first = account.state == "seen"
+            first = account.state in UNVERIFIED_STATES
             if while_copying and account.copy_mode_due(while_copying):
                 account.choose_copy_mode(while_copying)
             account.verify_password(method)
             return first
 
         return self.update_account(login, verify, register=True)
+
+    def record_expected(self, logins: Sequence[str], source: str) -> list[str]:
+        """Put `logins` on the roster (`source`: how, e.g. the file imported); returns those not on it before.
+
+        An account never recorded is registered as `expected`; one already on the roster gets no new event.
+        """
+        def expect(account: AccountMigration) -> bool:
+            if account.on_roster:
+                return False
+            account.expect(source)
+            return True
+
+        added: list[str] = []
+        for start in range(0, len(logins), ROSTER_BATCH):
+            batch = [account for login in logins[start:start + ROSTER_BATCH]
+                     if expect(account := self._load_or_expect(login))]
+            try:
+                # One transaction per batch: a roster of thousands is recorded in seconds.
+                self.save(*batch)
+            except RecordConflictError:
+                batch = [a for a in batch if self._update(partial(self._load_or_expect, a.login), expect)]
+            added += [account.login for account in batch]
+        return added
+
+    def _load_or_expect(self, login: str) -> AccountMigration:
+        try:
+            return self.repository.get(account_id(login))
+        except AggregateNotFoundError:
+            return AccountMigration(login=login, initial_state="expected")
+
+    def record_removed_from_roster(self, login: str, source: str) -> None:
+        """Take `login` off the roster; an account never seen is withdrawn from the run's counts."""
+
+        def remove(account: AccountMigration) -> None:
+            if account.on_roster:
+                account.remove_from_roster(source)
+
+        self.update_account(login, remove)
+
+    def record_account_prepared(self, login: str, target_login: str, provisioner: str) -> None:
+        """Record the account created on the new server without a usable password, ahead of its first login."""
+        self.update_account(login, lambda a: a.prepare_account(target_login, provisioner))
+
+    def record_password_set(self, login: str, provisioner: str) -> None:
+        """Record the verified password set on an account prepared without one."""
+        self.update_account(login, lambda a: a.set_password(provisioner))
+
+    def record_comparison(self, login: str, equal: bool, differences: int, examples: list[str], node: str) -> None:
+        """Record the outcome of a `verify` of the account: equal, or how many differences and the first few."""
+        self.update_account(login, lambda a: a.record_comparison(equal, differences, list(examples), node))
 
     def record_password_rejected(self, login: str, reason: str) -> None:
         self.update_account(login, lambda a: a.reject_password(reason), register=True)
@@ -244,6 +298,17 @@ class MigrationService(Application[UUID]):
     ) -> None:
         self.update_account(login, lambda a: a.sweep(folders, messages, bytes, checkpoints or {}))
 
+    def record_filters(self, login: str, report: FilterReport) -> None:
+        """Record how the account's Sieve scripts moved: `FiltersNotCopied` when a server offers no ManageSieve."""
+
+        def record(account: AccountMigration) -> None:
+            if report.not_offered:
+                account.leave_filters(report.not_offered, [_script(r) for r in report.refused])
+            else:
+                account.copy_filters(report.copied, report.old_active, report.active, report.refused)
+
+        self.update_account(login, record)
+
     def record_credential_destroyed(self, login: str, reason: str) -> None:
         self.update_account(login, lambda a: a.destroy_credential(reason))
 
@@ -285,6 +350,10 @@ class MigrationService(Application[UUID]):
             return True
 
         return self.update_run(configure)
+
+
+def _script(refused: RefusedScriptFields) -> ScriptFields:
+    return {"name": refused["name"], "bytes": refused["bytes"], "sha256": refused["sha256"]}
 
 
 def aggregate_event(event: DomainEventProtocol[UUID]) -> Aggregate.Event:

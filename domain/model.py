@@ -13,6 +13,7 @@ from eventsourcing.domain import Aggregate, TAggregate, event
 
 from mailmigrator.domain.checkpoints import CheckpointFields, FolderCheckpoint, SkippedMessage, advance
 from mailmigrator.domain.errors import AccountAlreadyCreated, AccountBusy, IllegalTransition, LeaseLost
+from mailmigrator.domain.filters import RefusedScriptFields, ScriptFields
 from mailmigrator.domain.logins import account_id
 from mailmigrator.domain.states import (
     ACCOUNT_TRANSITIONS,
@@ -53,6 +54,42 @@ class AccountMigration(Aggregate):
 
     class Registered(Aggregate.Created):
         login: str
+        # "expected" for an account the roster adds before anyone logs in.
+        initial_state: str
+
+        # v1 had no initial_state: every account was first recorded at a login.
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, object]) -> None:
+            state["initial_state"] = "seen"
+
+    class Expected(Aggregate.Event):
+        """On the roster of accounts the run is expected to move; `source` says how it got there."""
+
+        source: str
+
+    class RemovedFromRoster(Aggregate.Event):
+        source: str
+
+    class AccountPrepared(Aggregate.Event):
+        """Created on the new server ahead of the first login, with no usable password (a pre-copy)."""
+
+        target_login: str
+        provisioner: str
+
+    class PasswordSet(Aggregate.Event):
+        """The user's verified password was set on an account prepared without one."""
+
+        provisioner: str
+
+    class MailboxesCompared(Aggregate.Event):
+        """A `verify` of old against new: `examples` are the first differences (folder names and counts, no content)."""
+
+        equal: bool
+        differences: int
+        examples: list[str]
+        node: str
 
     class LoginSeen(Aggregate.Event):
         protocol: str
@@ -183,14 +220,36 @@ class AccountMigration(Aggregate):
     class CredentialDestroyed(Aggregate.Event):
         reason: str
 
+    class FiltersCopied(Aggregate.Event):
+        """The account's Sieve scripts moved over ManageSieve: names, sizes, hashes; never a script's text."""
+
+        scripts: list[ScriptFields]
+        # The old server's active script, and the one made active on the new ("" when refused or none).
+        old_active: str
+        active: str
+        # Scripts the new server refused (PUTSCRIPT NO), each with the server's reason.
+        refused: list[RefusedScriptFields]
+
+    class FiltersNotCopied(Aggregate.Event):
+        """No script moved because a server offers no ManageSieve; `scripts` are those left on the old server."""
+
+        reason: str
+        scripts: list[ScriptFields]
+
     @staticmethod
     def create_id(login: str) -> uuid.UUID:
         return account_id(login)
 
     @event(Registered)
-    def __init__(self, login: str) -> None:
+    def __init__(self, login: str, initial_state: str = "seen") -> None:
+        if initial_state not in ("seen", "expected"):
+            raise IllegalTransition(f"account {login}", "(new)", f"Registered as {initial_state}")
         self.login = login
-        self.state = "seen"
+        self.state = initial_state
+        self.on_roster = False
+        # Created ahead of the first login (`AccountPrepared`): the user's password is not yet set there.
+        self.password_pending = False
+        self.last_compared_equal: bool | None = None
         self.target_login: str | None = None
         self.aliases: list[str] = []
         self.rejected_aliases: list[dict[str, str]] = []
@@ -207,6 +266,8 @@ class AccountMigration(Aggregate):
         self.engine = "imap"
         # "" for accounts recorded before the choice existed: copied behind the notice.
         self.while_copying = ""
+        # Whether the Sieve scripts were moved (or found not movable): a resume does not move them twice.
+        self.filters_moved = False
 
     @property
     def locked(self) -> bool:
@@ -418,10 +479,47 @@ class AccountMigration(Aggregate):
         for source_folder, checkpoint in (checkpoints or {}).items():
             advance(self.folders, source_folder, FolderCheckpoint.from_dict(checkpoint))
 
+    @event(FiltersCopied)
+    def copy_filters(self, scripts: list[ScriptFields], old_active: str, active: str,
+                     refused: list[RefusedScriptFields]) -> None:
+        self._advance("FiltersCopied")
+        self.filters_moved = True
+
+    @event(FiltersNotCopied)
+    def leave_filters(self, reason: str, scripts: list[ScriptFields]) -> None:
+        self._advance("FiltersNotCopied")
+        self.filters_moved = True
+
     @event(CredentialDestroyed)
     def destroy_credential(self, reason: str) -> None:
         self._advance("CredentialDestroyed")
         self.credential_destroyed = True
+
+    @event(Expected)
+    def expect(self, source: str) -> None:
+        self._advance("Expected")
+        self.on_roster = True
+
+    @event(RemovedFromRoster)
+    def remove_from_roster(self, source: str) -> None:
+        self._advance("RemovedFromRoster")
+        self.on_roster = False
+
+    @event(AccountPrepared)
+    def prepare_account(self, target_login: str, provisioner: str) -> None:
+        self._advance("AccountPrepared")
+        self.target_login = target_login
+        self.password_pending = True
+
+    @event(PasswordSet)
+    def set_password(self, provisioner: str) -> None:
+        self._advance("PasswordSet")
+        self.password_pending = False
+
+    @event(MailboxesCompared)
+    def record_comparison(self, equal: bool, differences: int, examples: list[str], node: str) -> None:
+        self._advance("MailboxesCompared")
+        self.last_compared_equal = equal
 
 
 class MigrationRun(Aggregate):

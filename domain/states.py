@@ -9,17 +9,61 @@ from __future__ import annotations
 from typing import Final
 
 ACCOUNT_STATES: Final = (
-    "seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed",
+    "expected", "withdrawn", "seen", "verified", "created", "precopied", "precopying", "copying", "copied",
+    "switching", "completed", "swept", "failed",
 )
+
+# Recorded in every state: the roster (`roster import`), and the last comparison of old and new (`verify`).
+_ANY_STATE: Final = ("Expected", "RemovedFromRoster", "MailboxesCompared")
 
 # Logins and rejected passwords are recorded in every state before completion;
 # after completion the new server checks passwords, so the proxy records nothing.
-ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
+_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
+    # On the roster, never seen: the old server serves the user; a pre-copy may prepare the new account.
+    "expected": {
+        "RemovedFromRoster": "withdrawn",
+        "LoginSeen": "seen",
+        "CopyModeChosen": "expected",
+        "PasswordRejected": "expected",
+        "PasswordVerified": "verified",
+        "AccountPrepared": "precopied",
+    },
+    # Taken off the roster (`roster import --replace`) before it was ever seen.
+    "withdrawn": {
+        "Expected": "expected",
+        "LoginSeen": "seen",
+        "CopyModeChosen": "withdrawn",
+        "PasswordRejected": "withdrawn",
+        "PasswordVerified": "verified",
+        "AccountPrepared": "precopied",
+    },
     "seen": {
         "LoginSeen": "seen",
         "CopyModeChosen": "seen",
         "PasswordRejected": "seen",
         "PasswordVerified": "verified",
+        "AccountPrepared": "precopied",
+    },
+    # Created on the new server without a usable password, mail copied ahead of the first login (`precopy`);
+    # the user is still served by the old server. The verified first login makes the switch due.
+    "precopied": {
+        "LoginSeen": "precopied",
+        "CopyModeChosen": "precopied",
+        "PasswordRejected": "precopied",
+        "PasswordVerified": "copied",
+        # A pre-copy pass (the first, or a refresh of the delta).
+        "MigrationStarted": "precopying",
+    },
+    "precopying": {
+        "LoginSeen": "precopying",
+        "CopyModeChosen": "precopying",
+        "PasswordRejected": "precopying",
+        "PasswordVerified": "precopying",
+        "MigrationStarted": "precopying",
+        "FolderCopied": "precopying",
+        "CopyCaughtUp": "precopied",
+        # The partial copy stays; the next pass resumes from its checkpoints.
+        "MigrationFailed": "precopied",
     },
     "verified": {
         "LoginSeen": "verified",
@@ -30,6 +74,8 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "MigrationFailed": "failed",
     },
     "created": {
+        "FiltersCopied": "created",
+        "FiltersNotCopied": "created",
         "LoginSeen": "created",
         "AliasesRejected": "created",
         "PasswordRejected": "created",
@@ -41,6 +87,8 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "MigrationFailed": "failed",
     },
     "copying": {
+        "FiltersCopied": "copying",
+        "FiltersNotCopied": "copying",
         "LoginSeen": "copying",
         "PasswordRejected": "copying",
         "PasswordVerified": "copying",
@@ -55,6 +103,7 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     },
     # Copied while the user kept working on the old server; the switch is due.
     "copied": {
+        "PasswordSet": "copied",
         "LoginSeen": "copied",
         "PasswordRejected": "copied",
         "PasswordVerified": "copied",
@@ -64,6 +113,9 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     },
     # The final delta pass: the user's old sessions are closed, logins wait.
     "switching": {
+        "PasswordSet": "switching",
+        "FiltersCopied": "switching",
+        "FiltersNotCopied": "switching",
         "LoginSeen": "switching",
         "PasswordRejected": "switching",
         "PasswordVerified": "switching",
@@ -88,6 +140,9 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
         "CredentialDestroyed": "swept",
     },
     "failed": {
+        "PasswordSet": "failed",
+        "FiltersCopied": "failed",
+        "FiltersNotCopied": "failed",
         "LoginSeen": "failed",
         "PasswordRejected": "failed",
         "PasswordVerified": "failed",
@@ -98,15 +153,25 @@ ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
     },
 }
 
+ACCOUNT_TRANSITIONS: Final[dict[str, dict[str, str]]] = {
+    state: {**{name: state for name in _ANY_STATE}, **moves} for state, moves in _TRANSITIONS.items()
+}
+
 # Locked users cannot reach their mail; the proxy shows them the notice mailbox
 # (while_copying = "old-server" locks only `switching`: see `is_locked`).
 LOCKED_STATES: Final = frozenset({"verified", "created", "copying", "failed", "switching"})
 # Migrated: the new server holds the mail and checks the password.
 SETTLED_STATES: Final = frozenset({"completed", "swept"})
-# Not yet verified: the old server still serves these users.
-UNVERIFIED_STATES: Final = frozenset({"seen"})
+# Not yet verified: the old server still serves these users, and their next login checks the password there.
+UNVERIFIED_STATES: Final = frozenset({"expected", "withdrawn", "seen", "precopied", "precopying"})
+# Not counted as part of the run: off the roster and never seen.
+OFF_ROSTER_STATES: Final = frozenset({"withdrawn"})
+# Mail copied ahead of the first login, the new account not yet usable.
+PRECOPY_STATES: Final = frozenset({"precopied", "precopying"})
+# The owner never logged in: the roster's "not seen yet".
+NOT_SEEN_STATES: Final = frozenset({"expected"}) | PRECOPY_STATES
 # A node copying or switching the account holds a lease; a failed copy keeps it until it expires.
-LEASED_STATES: Final = frozenset({"copying", "copied", "switching", "failed"})
+LEASED_STATES: Final = frozenset({"precopying", "copying", "copied", "switching", "failed"})
 # A copy or a switch is due: a restarted node resumes these.
 UNFINISHED_STATES: Final = LOCKED_STATES | {"copied"}
 # No user session may stay on the old server: the switch runs or ran.
@@ -156,9 +221,19 @@ def is_locked(state: str, while_copying: str) -> bool:
     return state in LOCKED_STATES
 
 
+def delivered_by_old_server(state: str) -> bool:
+    """Whether the account's incoming mail still goes to the old server (the transport map routes it there).
+
+    Every state before completion, whichever `while_copying` mode: in old-server mode the user works there until
+    the switch's final delta is done; in notice mode the copy still reads the old INBOX. Mail that reaches the old
+    server late is carried by the final delta or the finish sweep.
+    """
+    return state not in SETTLED_STATES
+
+
 def completion_event(state: str, while_copying: str) -> str:
-    """The event that ends a copy pass in `state`: in old-server mode the first pass only catches up."""
-    if state == "copying" and while_copying == "old-server":
+    """The event that ends a copy pass in `state`: a pre-copy pass, and the first pass in old-server mode, only catch up."""
+    if state == "precopying" or (state == "copying" and while_copying == "old-server"):
         return "CopyCaughtUp"
     return "MigrationCompleted"
 

@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from eventsourcing.persistence import PersistenceError
 
@@ -21,10 +21,22 @@ from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.adapters.store.event_store import StoreError, StoreSettingError, create_key_file
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
+from mailmigrator.ops.allocator import bound_allocator
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
 from mailmigrator.ops.composition import OpenStore, open_store
-from mailmigrator.projections.accounts import AccountDoc, event_row, fleet_progress, new_run_doc
+from mailmigrator.projections.accounts import (
+    AccountDoc,
+    FiltersDoc,
+    StateTotals,
+    event_row,
+    fleet_progress,
+    new_run_doc,
+    roster_progress,
+)
 from mailmigrator.projections.log import human_bytes
+
+if TYPE_CHECKING:
+    from mailmigrator.adapters.mail.servers import MailServers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,9 +82,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
     p.add_argument("--domain", help="domain of a bare username (default [migration] primary_domain)")
 
-    p = sub.add_parser("verify", help="compare old and new mailbox of one account; exit 0 only when equal")
-    p.add_argument("login")
+    p = sub.add_parser("precopy", help="copy roster accounts' mail before their owners log in (no passwords)")
+    p.add_argument("--all", action="store_true", help="every roster account not seen yet, and those pre-copied")
+    p.add_argument("logins", nargs="*", metavar="LOGIN")
+
+    p = sub.add_parser("verify", help="compare old and new mailbox of one account, or of every migrated one; "
+                                      "exit 0 only when equal")
+    p.add_argument("login", nargs="?")
+    p.add_argument("--all", action="store_true", help="every completed or swept account, the configured "
+                                                      "concurrency at a time; resumes where a run stopped")
+    p.add_argument("--again", action="store_true", help="with --all: compare accounts already compared since "
+                                                        "their last copy too")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin, else prompt")
+
+    p = sub.add_parser("report", help="one row per roster account: copy, times, verify result; csv, json or html")
+    p.add_argument("--format", choices=("csv", "json", "html"), help="default: by --out's suffix, else csv")
+    p.add_argument("--out", type=Path, help="write here (atomically) instead of stdout")
+
+    p = sub.add_parser("check", help="pre-flight: servers, TLS, capabilities, logins, paths, engine, vault key; "
+                                     "with LOGIN its folder plan; writes nothing; exit 1 when anything is wrong")
+    p.add_argument("login", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--password-stdin", action="store_true", help="read LOGIN's password from stdin, else prompt")
+
+    p = sub.add_parser("roster", help="the accounts the run is expected to move")
+    roster = p.add_subparsers(dest="roster_command", required=True, parser_class=_Parser)
+    p = roster.add_parser("import", help="put the logins of FILE on the roster (one a line, or user:pass[:alias])")
+    p.add_argument("file", type=Path)
+    p.add_argument("--replace", action="store_true", help="also take off the roster the accounts not in FILE")
 
     sub.add_parser("finish", help="complete pending migrations, then sweep late mail from the old server")
 
@@ -91,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    bound_allocator()
     try:
         return _run(args)
     except BaseExceptionGroup as group:
@@ -150,30 +188,40 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     if wired is None:
         run = new_run_doc()
         accounts: list[AccountDoc] = []
+        summaries: list[dict[str, object]] = []
+        totals: list[StateTotals] = []
         nodes: list[dict[str, Any]] = []
         print(f"mailmigrator: no events recorded yet in {config.store.url}", file=sys.stderr)
     else:
         run = wired.views.run_status()
-        accounts = wired.views.accounts(args.state)
+        if args.json:
+            summaries = wired.views.account_summaries(args.state)
+        else:
+            accounts = wired.views.accounts(args.state)
+        totals = wired.views.state_totals()
         nodes = NodeStatusTable.open(wired.app.factory).nodes()
         wired.close()
     if args.json:
-        out = {
+        rest = {
             "run": {"state": run["state"], "updated_at": run.get("updated_at")},
-            "accounts": [_account_json(doc) for doc in accounts],
-            "progress": fleet_progress(accounts),
+            "progress": fleet_progress(totals),
             "nodes": nodes,
         }
-        print(json.dumps(out, indent=2, sort_keys=True))
+        if (roster := roster_progress(totals)) is not None:
+            rest["roster"] = roster
+        print(_status_json(summaries, rest))
         return EXIT_OK
     counts: dict[str, int] = {}
     for doc in accounts:
         counts[doc["state"]] = counts.get(doc["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no accounts"
     print(f"run: {run['state']}    accounts: {len(accounts)} ({summary})")
+    if (roster := roster_progress(totals)) is not None:
+        print(f"roster: {roster['done']}/{roster['accounts']} accounts done, {roster['in_progress']} in progress, "
+              f"{roster['failed']} failed, {roster['not_seen']} not seen yet")
     for node in nodes:
         print(describe_node(node))
-    p = fleet_progress(accounts)
+    p = fleet_progress(totals)
     if accounts:
         eta = "-" if p["eta_seconds"] is None else f"{p['eta_seconds'] // 60}m{p['eta_seconds'] % 60:02d}s"
         print(f"progress: {p['accounts_done']}/{p['accounts_total']} accounts done, {p['messages']:,} messages, "
@@ -189,10 +237,11 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _account_json(doc: AccountDoc) -> dict[str, object]:
-    out: dict[str, object] = {key: value for key, value in doc.items() if key != "folders"}
-    out["folders"] = len(doc["folders"])
-    return out
+def _status_json(accounts: list[dict[str, object]], rest: Mapping[str, object]) -> str:
+    """The status as indented JSON with one account a line: indenting every account is many times slower."""
+    listed = ",\n".join("    " + json.dumps(doc, sort_keys=True) for doc in accounts)
+    head = '{\n  "accounts": ' + (f"[\n{listed}\n  ]" if accounts else "[]") + ",\n"
+    return head + json.dumps(rest, indent=2, sort_keys=True)[2:]
 
 
 def cmd_show(config: Config, args: argparse.Namespace) -> int:
@@ -209,7 +258,7 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
     for key in ("login", "state", "locked", "redirect", "target_login", "aliases", "messages", "bytes",
                 "skipped", "attempts", "first_seen", "verified_at", "started_at", "completed_at",
                 "swept_messages", "credential_destroyed_at", "engine", "identity", "while_copying", "switch",
-                "error"):
+                "precopied_at", "precopy_refreshed_at", "password_pending", "error"):
         value = doc.get(key)
         if key == "bytes":
             value = f"{value:,} ({human_bytes(doc['bytes'])})"
@@ -221,6 +270,8 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
         print(f"{key + ':':24} {'-' if value is None else value}")
     for conflict in doc.get("alias_conflicts", []):
         print(f"{'alias not applied:':24} {conflict['address']} ({conflict['reason']})")
+    for line in filter_lines(doc.get("filters")):
+        print(line)
     if doc["folders"]:
         print(f"{'FOLDER':30} {'TARGET':30} {'MESSAGES':>9} {'SIZE':>10} {'SKIPPED':>7} DONE")
         for name, folder in sorted(doc["folders"].items()):
@@ -229,6 +280,22 @@ def cmd_show(config: Config, args: argparse.Namespace) -> int:
                 f"{human_bytes(folder['bytes']):>10} {folder['skipped']:>7} {'yes' if folder['done'] else 'no'}"
             )
     return EXIT_OK
+
+
+def filter_lines(filters: FiltersDoc | None) -> list[str]:
+    """`show`'s lines for the Sieve scripts: each moved one with its hash, the active one, each refused one."""
+    if filters is None:
+        return []
+    if filters["not_offered"]:
+        lines = [f"{'sieve:':24} NOT moved: {filters['not_offered']}"]
+    else:
+        active = filters["active"] or "none"
+        lines = [f"{'sieve:':24} {len(filters['scripts'])} script(s) moved, active: {active}"]
+        lines += [f"{'sieve script:':24} {s['name']} ({s['bytes']} bytes, sha256 {str(s['sha256'])[:12]})"
+                  for s in filters["scripts"]]
+    lines += [f"{'sieve script refused:':24} {r['name']} ({r['reason']})" for r in filters["refused"]
+              if not filters["not_offered"]]
+    return lines
 
 
 def cmd_history(config: Config, args: argparse.Namespace) -> int:
@@ -350,13 +417,33 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
     return finish(config, args)
 
 
+def compare_mailboxes(config: Config, servers: MailServers, typed: str, login: str, password: str | None,
+                      target_login: str, identity: bool) -> list[str]:
+    """The differences `verify` reports: mail, and the Sieve scripts when they move."""
+    from mailmigrator.ops.composition import sieve_servers
+
+    differences = servers.differences(typed, login, password, target_login, config.migration.exclude_folders,
+                                      identity=identity)
+    if config.migration.sieve:
+        # Scripts by content hash, and which one is active.
+        differences += sieve_servers(config, servers).differences(servers.source_name(typed, login),
+                                                                  login, password, target_login)
+    return differences
+
+
 def cmd_verify(config: Config, args: argparse.Namespace) -> int:
     from mailmigrator.domain.errors import MigrationRefused
     from mailmigrator.ops.composition import mail_servers
     from mailmigrator.ops.logs import configure_logging
     from mailmigrator.ops.manual_migration import read_old_password
 
+    if bool(args.login) == bool(args.all):
+        return _fail(EXIT_USAGE, "verify: give LOGIN or --all, not both")
     configure_logging()
+    if args.all:
+        from mailmigrator.ops.verify_all import verify_all
+
+        return verify_all(config, again=args.again)
     login = _login(config, args.login)
     source = config.source
     password = None if (source is not None and source.admin_user and not args.password_stdin) else read_old_password(args, login)
@@ -372,16 +459,60 @@ def cmd_verify(config: Config, args: argparse.Namespace) -> int:
         finally:
             wired.close()
     try:
-        differences = mail_servers(config).differences(args.login, login, password, target_login,
-                                                       config.migration.exclude_folders, identity=identity)
+        differences = compare_mailboxes(config, mail_servers(config), args.login, login, password, target_login,
+                                        identity)
     except MigrationRefused as e:
         raise CommandFailed(str(e)) from None
     for line in differences:
         print(line)
+    _record_comparison(config, login, differences)
     if differences:
         print(f"{login}: {len(differences)} difference(s)", file=sys.stderr)
         return EXIT_FAILED
     print(f"{login}: old and new mailbox are equal")
+    return EXIT_OK
+
+
+# How many difference lines a recorded comparison keeps, and how long each may be.
+COMPARISON_EXAMPLES = 5
+EXAMPLE_LENGTH = 200
+
+
+def comparison_examples(differences: list[str]) -> list[str]:
+    return [line[:EXAMPLE_LENGTH] for line in differences[:COMPARISON_EXAMPLES]]
+
+
+def _record_comparison(config: Config, login: str, differences: list[str]) -> None:
+    """Record the comparison on an account the store knows; a mailbox compared before any event stays unrecorded."""
+    wired = _open(config)
+    if wired is None:
+        return
+    try:
+        if wired.app.has_account(login):
+            wired.app.record_comparison(login, not differences, len(differences), comparison_examples(differences),
+                                        config.migration.node_name)
+    finally:
+        wired.close()
+
+
+def cmd_report(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.report import format_for, render, report_rows, write_atomically
+
+    wired = _open(config)
+    docs: list[AccountDoc] = []
+    if wired is not None:
+        try:
+            docs = wired.views.accounts()
+        finally:
+            wired.close()
+    text = render(report_rows(docs), format_for(args.format, args.out))
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        write_atomically(args.out, text)
+    except OSError as e:
+        raise CommandFailed(f"{args.out}: {e.strerror}") from None
     return EXIT_OK
 
 
@@ -394,17 +525,39 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "start": cmd_start,
     "stop": cmd_stop,
     "migrate": cmd_migrate,
+    "precopy": lambda config, args: _precopy(config, args),
     "finish": cmd_finish,
     "verify": cmd_verify,
+    "report": cmd_report,
+    "check": lambda config, args: _check(config, args),
     "serve": lambda config, args: _serve(config, args),
     "notice": lambda config, args: _notice(config, args),
+    "roster": lambda config, args: _roster(config, args),
 }
+
+
+def _roster(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.roster import cmd_roster_import
+
+    return cmd_roster_import(config, args)
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from mailmigrator.ops.serve import cmd_serve
 
     return cmd_serve(config, args)
+
+
+def _precopy(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.precopy import cmd_precopy
+
+    return cmd_precopy(config, args)
+
+
+def _check(config: Config, args: argparse.Namespace) -> int:
+    from mailmigrator.ops.check import cmd_check
+
+    return cmd_check(config, args)
 
 
 def _notice(config: Config, args: argparse.Namespace) -> int:

@@ -13,35 +13,29 @@ import random
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from eventsourcing.persistence import PersistenceError
 
 from mailmigrator.adapters.accounts.alias_map import AliasMap
-from mailmigrator.adapters.dovecot.copier import DsyncCopier, DsyncSettings
-from mailmigrator.adapters.dovecot.doveadm import find_doveadm
-from mailmigrator.adapters.accounts.provisioning import PasswdFileProvisioner, PostgresUsersProvisioner, Provisioner
+from mailmigrator.adapters.accounts.transport_map import TransportMap
 from mailmigrator.adapters.mail.adaptive_limit import AdaptiveLimit
 from mailmigrator.adapters.mail.connection import ServerAddress, tls_context, warn_unverified
 from mailmigrator.adapters.mail.copier import CopyProgress, CopyRecorder, CopySettings, MailboxCopier
 from mailmigrator.adapters.mail.servers import AccountCopier, MailServers, SourceAccess, TargetAccess
 from mailmigrator.adapters.mail.sweep import AccountSweeper, SweepRecorder
-from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
-from mailmigrator.adapters.proxy.listeners import LoginProxy, ProxyLimits, server_ssl_context
-from mailmigrator.adapters.proxy.open_relays import OpenRelays
-from mailmigrator.adapters.proxy.throttle import LoginThrottle
 from mailmigrator.adapters.scripts.post_migrate import PostMigrateScript
+from mailmigrator.adapters.sieve.servers import SievePorts, SieveServers
 from mailmigrator.adapters.store.event_store import StoreError, check_store, parse_store_url, read_key_file, store_environment
 from mailmigrator.adapters.store.sql_tables import is_creation_race
 from mailmigrator.adapters.store.vault import CredentialVault, VaultError, WrongVaultKey, load_or_create_key
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.errors import MigrationRefused
-from mailmigrator.domain.states import UNFINISHED_STATES
-from mailmigrator.domain.use_cases.background import MigrationQueue
+from mailmigrator.domain.states import LEASED_STATES, UNFINISHED_STATES
 from mailmigrator.domain.use_cases.finish_sweep import FinishSweep
-from mailmigrator.domain.use_cases.first_login import FirstLogin, LoginSettings, RunState
-from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationSettings
+from mailmigrator.domain.use_cases.move_filters import MoveFilters
 from mailmigrator.domain.use_cases.ports import ClientSessions, Copier, CopyResult, NoClientSessions, Progress
 from mailmigrator.domain.use_cases.switch_over import SwitchOver
 from mailmigrator.domain.use_cases.records import MigrationRecords
@@ -49,6 +43,18 @@ from mailmigrator.ops.config import Config, ConfigError, SourceConfig, TargetCon
 from mailmigrator.ops.preflight import copy_engine_choice
 from mailmigrator.projections.accounts import expired_leases
 from mailmigrator.projections.follower import MigrationViews
+
+if TYPE_CHECKING:
+    # What only `serve`, provisioning or the Dovecot engine needs is imported where it is built:
+    # `migrate` then loads neither the proxy nor PostgreSQL nor the dsync driver.
+    from mailmigrator.adapters.accounts.provisioning import Provisioner
+    from mailmigrator.adapters.dovecot.copier import DsyncCopier
+    from mailmigrator.adapters.proxy.backends import BackendAddress, ServerBackends
+    from mailmigrator.adapters.proxy.listeners import LoginProxy, ProxyLimits
+    from mailmigrator.adapters.proxy.throttle import LoginThrottle
+    from mailmigrator.domain.use_cases.background import MigrationQueue
+    from mailmigrator.domain.use_cases.first_login import FirstLogin, LoginSettings, RunState
+    from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
 
 
 def source_address(source: SourceConfig, protocol: str | None = None) -> ServerAddress:
@@ -95,6 +101,8 @@ def mail_servers(config: Config, *, need_target: bool = True) -> MailServers:
 
 def build_provisioner(target: TargetConfig) -> Provisioner:
     """The configured way of creating accounts on the new server."""
+    from mailmigrator.adapters.accounts.provisioning import PasswdFileProvisioner, PostgresUsersProvisioner
+
     if target.provisioning == "postgresql":
         provisioner = PostgresUsersProvisioner(target.postgresql_url, target.postgresql_table, target.password_scheme)
         provisioner.ensure_table()
@@ -156,6 +164,9 @@ def account_copier(config: Config, recorder: CopyRecorder, servers: MailServers,
     target = require_target(config)
     if copy_engine_choice(target, config.source) == "imap":
         return AccountCopier(servers, copy_engine(config, recorder, servers, limit, progress))
+    from mailmigrator.adapters.dovecot.copier import DsyncCopier, DsyncSettings
+    from mailmigrator.adapters.dovecot.doveadm import find_doveadm
+
     m = config.migration
     warn_unverified(servers.source.address, "[source]")
     settings = DsyncSettings(doveadm=find_doveadm() or "doveadm", doveadm_config=target.doveadm_config,
@@ -205,6 +216,8 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
     servers = mail_servers(config, need_target=need_target)
     progress = progress or CopyProgress()
     copier: Copier
+    records = records or MigrationRecords(app)
+    filters: MoveFilters | None = None
     try:
         require_target(config)
     except ConfigError as e:
@@ -212,10 +225,11 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
     else:
         limit = limit or source_limit(config)
         copier = account_copier(config, app, servers, limit, progress)
+        filters = sieve_step(config, records, servers)
     target, m = config.target, config.migration
     vault = open_vault(config, app)
-    records = records or MigrationRecords(app)
-    switch = SwitchOver(records, copier, sessions or NoClientSessions(), m.node_name, m.lease_seconds)
+    switch = SwitchOver(records, copier, sessions or NoClientSessions(), m.node_name, m.lease_seconds,
+                        filters=filters)
     migrate = MigrateAccount(
         records, servers, copier, migration_settings(config),
         accounts=optional_provisioner(config), vault=vault,
@@ -223,8 +237,23 @@ def build_migration(config: Config, app: MigrationService, *, records: Migration
         script=(PostMigrateScript(m.post_migrate_script, m.post_migrate_timeout, m.post_migrate_password)
                 if m.post_migrate_script else None),
         switch=switch,
+        filters=filters,
     )
     return Migration(migrate, servers, vault, limit, progress)
+
+
+def sieve_servers(config: Config, servers: MailServers) -> SieveServers:
+    """ManageSieve on both servers, on their `managesieve_port`s, TLS as for mail."""
+    source, target = require_source(config), require_target(config)
+    return SieveServers(servers, SievePorts(source.managesieve_port, target.managesieve_port))
+
+
+def sieve_step(config: Config, records: MigrationRecords, servers: MailServers) -> MoveFilters | None:
+    """The Sieve step of each migration with `[migration] sieve` (not with passwords_only: nothing is copied)."""
+    m = config.migration
+    if not m.sieve or m.passwords_only:
+        return None
+    return MoveFilters(records, sieve_servers(config, servers))
 
 
 class AccountViews:
@@ -239,10 +268,10 @@ class AccountViews:
 
     def logins_in(self, states: frozenset[str]) -> dict[str, list[str]]:
         self.views.catch_up()
-        return {state: [doc["login"] for doc in self.views.accounts(state)] for state in sorted(states)}
+        return self.views.logins_in(states)
 
     def expired(self, node: str, now: datetime, lease_seconds: float) -> list[str]:
-        return expired_leases(self.views.accounts(None), node, now, lease_seconds)
+        return expired_leases(self.views.leases(LEASED_STATES, node), node, now, lease_seconds)
 
 
 def build_finish(config: Config, app: MigrationService, views: MigrationViews, migration: Migration) -> FinishSweep:
@@ -256,6 +285,8 @@ def build_finish(config: Config, app: MigrationService, views: MigrationViews, m
 
 def proxy_limits(config: Config) -> ProxyLimits:
     """The proxy's connection limits as configured in `[proxy]`."""
+    from mailmigrator.adapters.proxy.listeners import ProxyLimits
+
     p = config.proxy
     return ProxyLimits(
         max_connections=p.max_connections, max_connections_per_address=p.max_connections_per_address,
@@ -264,11 +295,15 @@ def proxy_limits(config: Config) -> ProxyLimits:
 
 
 def backend(address: ServerAddress) -> BackendAddress:
+    from mailmigrator.adapters.proxy.backends import BackendAddress
+
     context = tls_context(address) if address.tls != "disable" else None
     return BackendAddress(address.host, address.port, address.tls, context)
 
 
 def server_backends(config: Config, servers: MailServers) -> ServerBackends:
+    from mailmigrator.adapters.proxy.backends import ServerBackends
+
     source, target = require_source(config), require_target(config)
     target_access = servers.require_target()
     new_imap = target_address(target)
@@ -284,6 +319,8 @@ def server_backends(config: Config, servers: MailServers) -> ServerBackends:
 
 
 def login_settings(config: Config) -> LoginSettings:
+    from mailmigrator.domain.use_cases.first_login import LoginSettings
+
     m, source = config.migration, require_source(config)
     return LoginSettings(primary_domain=m.primary_domain, domains=dict(m.domains), passwords_only=m.passwords_only,
                          migration_account=m.migration_account, source_protocol=source.protocol,
@@ -309,6 +346,13 @@ class Node:
 def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None = None,
                throttle: LoginThrottle | None = None, views: MigrationViews | None = None) -> Node:
     """Wire the proxy, the first-login and background use cases and the copy engine from `config`."""
+    from mailmigrator.adapters.proxy.listeners import LoginProxy, server_ssl_context
+    from mailmigrator.adapters.proxy.open_relays import OpenRelays
+    from mailmigrator.adapters.proxy.throttle import LoginThrottle
+    from mailmigrator.domain.use_cases.background import MigrationQueue
+    from mailmigrator.domain.use_cases.first_login import FirstLogin, RunState
+    from mailmigrator.domain.use_cases.lease_takeover import LeaseTakeover
+
     if config.source is None:
         raise ConfigError("[source] is missing: serve needs the old server")
     if config.target is None:
@@ -325,7 +369,7 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
     run_state = RunState()
     first_login = FirstLogin(records, server_backends(config, migration.servers), queue, migration.migrate,
                              login_settings(config), run_state, vault=migration.vault)
-    views = views or MigrationViews(app, log_file=m.log_file)
+    views = views or build_views(config, app)
     takeover = LeaseTakeover(records, migration.servers, queue, AccountViews(views), migration.vault,
                              m.node_name, m.lease_seconds)
     p = config.proxy
@@ -333,6 +377,19 @@ def build_node(config: Config, app: MigrationService, limits: ProxyLimits | None
     proxy = LoginProxy(first_login, throttle or LoginThrottle(), context, limits or proxy_limits(config),
                        p.require_tls_for_login, old_relays)
     return Node(config, app, records, views, migration, queue, first_login, takeover, proxy, run_state)
+
+
+def transport_map(config: Config) -> TransportMap | None:
+    """The Postfix transport map of accounts not yet switched over, when `[target] transport_map` is set."""
+    target = config.target
+    if target is None or target.transport_map is None:
+        return None
+    return TransportMap(target.transport_map, target.old_smtp, target.postmap or None)
+
+
+def build_views(config: Config, app: MigrationService) -> MigrationViews:
+    """The read models over `app`'s store, with the files derived from them: the log file and the transport map."""
+    return MigrationViews(app, log_file=config.migration.log_file, transport_map=transport_map(config))
 
 
 CREATE_RACE_RETRIES = 5
@@ -365,7 +422,7 @@ def open_store(config: Config, *, create: bool) -> OpenStore | None:
         app: MigrationService | None = None
         try:
             app = MigrationService(env=env)
-            views = MigrationViews(app, log_file=config.migration.log_file)
+            views = build_views(config, app)
         except PersistenceError as e:
             if app is not None:
                 app.close()

@@ -18,6 +18,7 @@ import trio
 
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.use_cases.finish_sweep import FinishReport
+from mailmigrator.domain.use_cases.first_login import PRECOPIED_STATES
 from mailmigrator.ops.composition import Migration, build_finish, build_migration, require_source
 from mailmigrator.ops.config import Config
 from mailmigrator.ops.manual_migration import show_progress
@@ -57,6 +58,8 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
             return _wait_for_finish_elsewhere(app, started)
         report = trio.run(functools.partial(finish_migration, config, app, wired.views, build_migration(config, app),
                                              show_progress_line=True))
+        wired.views.catch_up()
+        precopied = wired.views.logins_in(PRECOPIED_STATES)
     finally:
         wired.close()
     swept = [a for a in report.accounts if a.result == "swept"]
@@ -69,7 +72,29 @@ def cmd_finish(config: Config, args: argparse.Namespace) -> int:
     print(f"finish: {len(swept)} account(s) swept, {sum(a.messages for a in swept):,} late message(s) copied, "
           f"{needs_login} need the user to log in again, {len(report.failed)} failed "
           f"({time.monotonic() - started:.1f} s)")
+    for line in never_migrated_lines(report.never_migrated, bool(config.source and config.source.admin_user)):
+        print(line)
+    waiting = sorted(login for logins in precopied.values() for login in logins)
+    if waiting:
+        # Their mail is on the new server, but no password opens it until the owner logs in once.
+        print(f"finish: {len(waiting)} pre-copied account(s) whose owner never logged in (unusable on the new "
+              f"server until then; `migrate --bulk` with their passwords moves them now): {', '.join(waiting)}")
     return 1 if report.failed else 0
+
+
+NEVER_MIGRATED_SHOWN = 20
+
+
+def never_migrated_lines(logins: list[str], admin_login: bool) -> list[str]:
+    """What `finish` says of the roster accounts whose owner never logged in, and what would move them."""
+    if not logins:
+        return []
+    precopy = ("`mailmigrator precopy` copies them now with [source] admin_user" if admin_login
+               else "`mailmigrator precopy` can copy them once [source] admin_user is set")
+    shown = ", ".join(logins[:NEVER_MIGRATED_SHOWN]) + (", ..." if len(logins) > NEVER_MIGRATED_SHOWN else "")
+    return [f"finish: {len(logins)} roster account(s) never migrated (the user never logged in): {shown}",
+            f"finish: to move them, `mailmigrator migrate --bulk FILE` with their passwords, or {precopy}; "
+            "`mailmigrator status --state expected` lists them all"]
 
 
 def _wait_for_finish_elsewhere(app: MigrationService, started: float) -> int:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import trio
 
@@ -32,13 +32,20 @@ TTY_REFRESH = 0.5
 PLAIN_REFRESH = 5.0
 
 
+class Counted(Protocol):
+    """A batch's finished and failed counts (`MigrateMany`, `PreCopy`)."""
+
+    done: int
+    failed: int
+
+
 @dataclass
 class BatchProgress:
     """Accounts done out of how many, over the copy engine's message and byte counters."""
 
     accounts: int
     progress_of: CopyProgress
-    many: MigrateMany
+    many: Counted
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:

@@ -54,6 +54,22 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
+def read_key(path: Path) -> bytes:
+    """The vault key from `path`, never creating it: `VaultError` when it is missing or unusable."""
+    if not path.exists():
+        raise VaultError(f"credential key file {path} does not exist")
+    return load_or_create_key(path)
+
+
+def opens_key_check(sealed: bytes, key: bytes) -> bool:
+    """Whether `key` decrypts a vault's sealed key check."""
+    try:
+        AESGCM(key).decrypt(sealed[:12], sealed[12:], None)
+    except InvalidTag:
+        return False
+    return True
+
+
 class CredentialVault(SqlTables):
     """Encrypted passwords by login, in a table of their own beside the events."""
 
@@ -70,6 +86,19 @@ class CredentialVault(SqlTables):
 
     def __repr__(self) -> str:
         return "CredentialVault(<key hidden>)"
+
+    @classmethod
+    def sealed_key_check(cls, factory: Any) -> bytes | None:
+        """The store's sealed key check, reading only; None when no node has sealed one yet."""
+        vault: CredentialVault = cls.on(factory)
+        try:
+            with vault._cursor(commit=False) as c:
+                c.execute(vault.sql("SELECT sealed FROM {p}mm_vault_key WHERE label = %s"),
+                          (KEY_CHECK_LABEL.decode(),))
+                row = c.fetchone()
+        except Exception:  # noqa: BLE001 - no vault table yet
+            return None
+        return None if row is None else bytes(row["sealed"])
 
     def create_table(self) -> None:
         with self._cursor(commit=True) as c:

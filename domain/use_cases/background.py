@@ -21,6 +21,8 @@ from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, Migrat
 
 log = structlog.get_logger("mailmigrator.background")
 
+PRECOPY_POLL_SECONDS = 0.5
+
 
 class RetryableFailure(ExplainedError):
     """A migration that failed in a way another attempt may cure."""
@@ -37,10 +39,13 @@ class MigrationQueue:
     _nursery: trio.Nursery | None = None
     _active: dict[str, Credentials] = field(default_factory=dict)
     _limiter: trio.CapacityLimiter | None = None
+    # Accounts are created on the new server up to `concurrency` ahead of the copies.
+    _ahead: trio.CapacityLimiter | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery migrations run in; returns only when cancelled."""
         self._limiter = trio.CapacityLimiter(self.concurrency)
+        self._ahead = trio.CapacityLimiter(self.concurrency)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -56,6 +61,30 @@ class MigrationQueue:
         self._active[login] = credentials
         self._nursery.start_soon(self._migrate, login, name=f"migrate {login}")
         return True
+
+    def begin_after_precopy(self, login: str, credentials: Credentials) -> bool:
+        """Migrate `login` once its running pre-copy pass has ended; True when this call started it."""
+        if login in self._active or self._nursery is None:
+            return False
+        self._active[login] = credentials
+        self._nursery.start_soon(self._after_precopy, login, name=f"migrate {login} after its pre-copy")
+        return True
+
+    async def _after_precopy(self, login: str) -> None:
+        records = self.migrate.records
+        try:
+            while (await records.account(login)).state == "precopying":
+                await trio.sleep(PRECOPY_POLL_SECONDS)
+            # The password was verified during the pass; recorded again now, it makes the switch due.
+            await records.password_verified(login, "login-during-precopy", self.migrate.settings.while_copying)
+        except Exception as e:  # one account's failure must not end the service
+            self._active.pop(login, None)
+            log.warning("switch after the pre-copy not started", login=login, error=failure_text(e))
+            return
+        except BaseException:
+            self._active.pop(login, None)
+            raise
+        await self._migrate(login)
 
     def credentials_for(self, login: str) -> Credentials | None:
         """The credentials a running migration holds, if any."""
@@ -83,7 +112,11 @@ class MigrationQueue:
             self.finished += 1
 
     async def _attempt(self, login: str) -> MigrationOutcome:
-        assert self._limiter is not None
+        assert self._limiter is not None and self._ahead is not None
+        async with self._ahead:
+            failure = await self.migrate.create_ahead(login, self._active[login])
+        if failure is not None:
+            return failure
         async with self._limiter:
             try:
                 outcome = await self.migrate.run(login, self._active[login])

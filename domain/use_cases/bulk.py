@@ -39,18 +39,18 @@ class MigrateMany:
     async def run(self, lines: Sequence[BulkLine], *, typed: str | None = None, method: str = "manual",
                   progress: Progress | None = None) -> list[MigrationOutcome]:
         """Migrate every line; the outcomes in the lines' order (`outcomes` has them as they finish)."""
-        slots = trio.Semaphore(self.concurrency)
+        # Accounts are verified and created up to `concurrency` ahead of the copies.
+        slots = (trio.Semaphore(self.concurrency), trio.Semaphore(self.concurrency))
         ordered: dict[int, MigrationOutcome] = {}
 
         async def one(index: int, line: BulkLine) -> None:
-            async with slots:
-                self.current.append(line.login)
-                try:
-                    outcome = await self.migrate.with_password(
-                        typed or line.login, line.login, line.password,
-                        aliases=[line.alias] if line.alias else [], method=method, progress=progress)
-                finally:
-                    self.current.remove(line.login)
+            self.current.append(line.login)
+            try:
+                outcome = await self.migrate.with_password(
+                    typed or line.login, line.login, line.password,
+                    aliases=[line.alias] if line.alias else [], method=method, progress=progress, slots=slots)
+            finally:
+                self.current.remove(line.login)
             ordered[index] = outcome
             self.outcomes.append(outcome)
             self.done += 1

@@ -20,7 +20,7 @@ import trio
 
 from mailmigrator.domain.checkpoints import CheckpointFields
 from mailmigrator.domain.model import AccountMigration
-from mailmigrator.domain.states import SETTLED_STATES, UNFINISHED_STATES
+from mailmigrator.domain.states import NOT_SEEN_STATES, SETTLED_STATES, UNFINISHED_STATES
 from mailmigrator.domain.use_cases.lease_takeover import resume_credentials
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount
 from mailmigrator.domain.use_cases.ports import CredentialStore, MailServers
@@ -73,6 +73,7 @@ class FinishReport:
     pending: int = 0
     to_sweep: int = 0
     swept: int = 0
+    never_migrated: list[str] = field(default_factory=list)  # roster accounts whose owner never logged in
 
     def line(self) -> str:
         late = sum(a.messages for a in self.accounts if a.result == "swept")
@@ -100,7 +101,8 @@ class FinishSweep:
 
     async def run(self, show: Callable[[Callable[[], str]], Awaitable[None]] | None = None) -> FinishReport:
         """Complete, sweep, then record `FinishCompleted` with the sweep's totals."""
-        by_state = await self.records.in_thread(lambda: self.views.logins_in(UNFINISHED_STATES | SETTLED_STATES))
+        by_state = await self.records.in_thread(lambda: self.views.logins_in(UNFINISHED_STATES | SETTLED_STATES | NOT_SEEN_STATES))
+        self.report.never_migrated = sorted(login for state in NOT_SEEN_STATES for login in by_state.get(state, []))
         async with trio.open_nursery() as nursery:
             if show is not None:
                 nursery.start_soon(show, self.report.line)

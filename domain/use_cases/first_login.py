@@ -41,6 +41,9 @@ REJECTION_EVENT_INTERVAL = 3600.0
 # A login during an account's switch waits this long for it to end (the final delta takes seconds).
 SWITCH_WAIT_SECONDS = 5.0
 SWITCH_POLL_SECONDS = 0.2
+# A pre-copied account's first login waits this long for the final delta and the switch.
+PRECOPY_SWITCH_WAIT_SECONDS = 30.0
+PRECOPIED_STATES = frozenset({"precopied", "precopying"})
 MAX_REMEMBERED_REJECTIONS = 100_000
 
 
@@ -88,6 +91,7 @@ class LoginSettings:
     login_format: str = "as-typed"  # as-typed | email | local-part
     while_copying: str = DEFAULT_WHILE_COPYING  # old-server | notice | refuse
     switch_wait_seconds: float = SWITCH_WAIT_SECONDS
+    precopy_switch_wait_seconds: float = PRECOPY_SWITCH_WAIT_SECONDS
 
 
 SessionT = TypeVar("SessionT", bound=Session)
@@ -198,6 +202,18 @@ class FirstLogin(Generic[SessionT]):
                     return
         raise SwitchInProgress()
 
+    async def wait_for_completion(self, login: str) -> bool:
+        """Wait, at most `precopy_switch_wait_seconds`, for a pre-copied account's switch to complete."""
+        with trio.move_on_after(self.settings.precopy_switch_wait_seconds):
+            while True:
+                account = await self.records.account_or_none(login)
+                if account is not None and account.state in SETTLED_STATES:
+                    return True
+                if account is not None and account.state == "failed":
+                    return False
+                await trio.sleep(SWITCH_POLL_SECONDS)
+        return False
+
     async def verify_and_migrate(self, login: str, raw_login: str, password: str, protocol: MailProtocol,
                                  account: AccountMigration | None, addresses: tuple[str, str]) -> Routed[SessionT]:
         """Check the password on the old server, record it, and migrate: in the background, or at once."""
@@ -210,7 +226,7 @@ class FirstLogin(Generic[SessionT]):
         session = await self.verify(login, raw_login, password, protocol, known=account is not None,
                                     keep=landing == "old" and checked_over == protocol)
         try:
-            if account is None or account.state == "seen":
+            if account is None or account.state in UNVERIFIED_STATES:
                 await self.records.login_seen(login, protocol, *addresses)
             first = await self.records.password_verified(login, f"{checked_over}-login", self.settings.while_copying)
         except BaseException:
@@ -219,6 +235,17 @@ class FirstLogin(Generic[SessionT]):
                     await session.aclose()
             raise
         credentials = Credentials(self.source_name(login, raw_login), password)
+        precopied = account.state if account is not None and account.state in PRECOPIED_STATES else None
+        if precopied == "precopying":
+            # A pre-copy pass holds the account: the switch follows it; the old server serves the user meanwhile.
+            self.queue.begin_after_precopy(login, credentials)
+            return await self.pass_through(login, raw_login, password, protocol)
+        if precopied == "precopied" and landing != "new":
+            # Only the short final delta is left: wait for the switch rather than showing the notice.
+            self.queue.begin(login, credentials)
+            if await self.wait_for_completion(login):
+                await self.migrate.password_readable(login)
+                return await self.to_new(login, Credentials(login, password), protocol)
         if landing == "new":
             await self.migrate_password(login, credentials)
             return await self.to_new(login, Credentials(login, password), protocol)

@@ -29,6 +29,7 @@ from mailmigrator.domain.errors import (
 )
 from mailmigrator.domain.logins import domain_part
 from mailmigrator.domain.states import DEFAULT_WHILE_COPYING, SETTLED_STATES, SWITCH_STATES
+from mailmigrator.domain.use_cases.move_filters import MoveFilters
 from mailmigrator.domain.use_cases.ports import (
     AliasFile,
     Copier,
@@ -87,7 +88,22 @@ class MigrateAccount:
     script: PostMigrateScript | None = None
     # The switch after an old-server copy; built over `copier` when not given.
     switch: SwitchOver | None = None
+    # Sieve scripts (`[migration] sieve`): moved before the pass that completes the migration.
+    filters: MoveFilters | None = None
     _creating: dict[str, trio.Lock] = field(default_factory=dict)
+    # Provisioned ahead of the copy (`create_ahead`): not to be written again when the copy starts.
+    _ahead: set[str] = field(default_factory=set)
+    # Provisioned here, and the new server has not yet been seen to know it.
+    _unseen: set[str] = field(default_factory=set)
+    # A password set on a prepared account: when the new server is sure to accept it (trio clock).
+    _password_readable_at: dict[str, float] = field(default_factory=dict)
+
+    async def password_readable(self, login: str) -> None:
+        """Return once the new server accepts the password set here on `login`'s prepared account."""
+        at = self._password_readable_at.get(login)
+        if at is not None:
+            await trio.sleep_until(at)
+            self._password_readable_at.pop(login, None)
 
     async def verify(self, typed: str, login: str, password: str, method: str = "manual") -> None:
         """Check the password against the old server and record the result; `MigrationRefused` when wrong."""
@@ -101,14 +117,58 @@ class MigrateAccount:
         await self.records.password_verified(login, method, self.settings.while_copying)
 
     async def with_password(self, typed: str, login: str, password: str, *, aliases: Sequence[str] = (),
-                            method: str = "manual", progress: Progress | None = None) -> MigrationOutcome:
-        """Verify, then migrate: the Manual tab's single user and each bulk line."""
+                            method: str = "manual", progress: Progress | None = None,
+                            slots: tuple[trio.Semaphore, trio.Semaphore] | None = None) -> MigrationOutcome:
+        """Verify, then migrate: the Manual tab's single user and each bulk line.
+
+        `slots` (ahead, copy): the password check and the account's creation run under the first,
+        the copy under the second, so the new server already knows the account when its copy starts.
+        """
+        if slots is None:
+            credentials = await self.verified(typed, login, password, method)
+            if isinstance(credentials, MigrationOutcome):
+                return credentials
+            return await self.run(login, credentials, aliases=aliases, progress=progress)
+        async with slots[0]:
+            credentials = await self.verified(typed, login, password, method)
+            if isinstance(credentials, MigrationOutcome):
+                return credentials
+            failure = await self.create_ahead(login, credentials, aliases)
+            if failure is not None:
+                return failure
+        async with slots[1]:
+            return await self.run(login, credentials, aliases=aliases, progress=progress)
+
+    async def verified(self, typed: str, login: str, password: str, method: str) -> Credentials | MigrationOutcome:
+        """The old server's credentials once the password is verified, else the refusal."""
         try:
             await self.verify(typed, login, password, method)
         except MigrationRefused as e:
             return MigrationOutcome(login, False, str(e))
-        return await self.run(login, Credentials(self.servers.source_name(typed, login), password), aliases=aliases,
-                              progress=progress)
+        return Credentials(self.servers.source_name(typed, login), password)
+
+    async def create_ahead(self, login: str, credentials: Credentials,
+                           aliases: Sequence[str] = ()) -> MigrationOutcome | None:
+        """Keep the password and create the account on the new server before its copy may start.
+
+        Dovecot notices a new passwd-file line only when the second it last looked at the file has
+        passed; created while the account waits for a copy slot, it is known when the copy logs in.
+        None when done; else the failure, recorded.
+        """
+        account = await self.records.account_or_none(login)
+        if account is None or account.state in SETTLED_STATES:
+            return None
+        password = credentials.password or None
+        try:
+            if self.vault is not None and password is not None:
+                vault = self.vault
+                await self.records.in_thread(lambda: vault.put(login, password))
+            await self.ensure_created(login, credentials, aliases, wait_visible=False)
+        except ExplainedError as e:
+            return await self.failed(login, failure_text(e), retryable_failure(e))
+        except OSError as e:
+            return await self.failed(login, failure_text(e), True)
+        return None
 
     async def run(self, login: str, credentials: Credentials, *, aliases: Sequence[str] = (),
                   progress: Progress | None = None) -> MigrationOutcome:
@@ -133,6 +193,7 @@ class MigrateAccount:
         except OSError as e:
             return await self.failed(login, failure_text(e), True)
         if outcome.ok:
+            await self.password_readable(login)
             outcome.post_script = await self.run_post_script(login, password)
         return outcome
 
@@ -147,6 +208,10 @@ class MigrateAccount:
             return await self.switch_over(login, credentials, target_login, progress)
         if account.copy_mode_due(self.settings.while_copying):
             await self.records.copy_mode_chosen(login, self.settings.while_copying)
+            account = await self.records.account(login)
+        if self.filters is not None and account.while_copying != "old-server":
+            # This pass completes the migration; in old-server mode the switch moves the scripts.
+            await self.filters.run(login, credentials, target_login)
         result = await self.copier.copy(login, credentials.login, credentials.password or None, target_login,
                                         progress)
         if result.ok and (await self.records.account(login)).state in SWITCH_STATES:
@@ -164,7 +229,7 @@ class MigrateAccount:
     async def switch_over(self, login: str, credentials: Credentials, target_login: str,
                           progress: Progress | None) -> MigrationOutcome:
         """The first copy caught up while the user kept working on the old server: switch to the new one."""
-        switch = self.switch or SwitchOver(self.records, self.copier)
+        switch = self.switch or SwitchOver(self.records, self.copier, filters=self.filters)
         outcome = await switch.run(login, credentials, target_login, progress)
         if outcome.busy:
             return MigrationOutcome(login, False, outcome.message, outcome.result, busy=True)
@@ -173,18 +238,36 @@ class MigrateAccount:
             return MigrationOutcome(login, False, outcome.message, outcome.result, retryable=failed.failed_retryable)
         return MigrationOutcome(login, True, outcome.message, outcome.result)
 
-    async def ensure_created(self, login: str, credentials: Credentials, extra: Sequence[str]) -> None:
-        """Create the account on the new server (or set its password with passwords_only) and record it."""
+    async def ensure_created(self, login: str, credentials: Credentials, extra: Sequence[str], *,
+                             wait_visible: bool = True) -> None:
+        """Create the account on the new server (or set its password with passwords_only) and record it.
+
+        `wait_visible`: return only once the new server lets the master user in (a change written here
+        earlier, by `create_ahead`, is waited for too).
+        """
         lock = self._creating.setdefault(login, trio.Lock())
         async with lock:
             account = await self.records.account(login)
-            if account.created and not self.settings.passwords_only:
-                return
-            await self.provision(login, credentials.password)
-            if not account.created:
-                await self.record_created(login, credentials, extra)
-            if self.accounts is not None and self.accounts.settle_seconds > 0:
-                await self.wait_until_visible(login, self.accounts.settle_seconds)
+            if account.password_pending and login not in self._ahead:
+                # Prepared by a pre-copy with no usable password: the verified one opens it from now on.
+                await self.provision(login, credentials.password)
+                await self.records.password_set(login, self.accounts.name if self.accounts else "existing")
+                if self.accounts is not None and self.accounts.settle_seconds > 0:
+                    # The copy and the switch use the master user; the user's own login waits for this.
+                    self._password_readable_at[login] = trio.current_time() + self.accounts.settle_seconds
+            elif not account.created or self.settings.passwords_only:
+                if login not in self._ahead:
+                    await self.provision(login, credentials.password)
+                    self._unseen.add(login)
+                if not account.created:
+                    await self.record_created(login, credentials, extra)
+            if wait_visible:
+                self._ahead.discard(login)
+                if login in self._unseen and self.accounts is not None and self.accounts.settle_seconds > 0:
+                    await self.wait_until_visible(login, self.accounts.settle_seconds)
+                self._unseen.discard(login)
+            else:
+                self._ahead.add(login)
         self._creating.pop(login, None)
 
     async def provision(self, login: str, password: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol, TypeVar
 
 from mailmigrator.domain.credentials import Credentials
+from mailmigrator.domain.filters import FilterReport
 from mailmigrator.domain.routing import MailProtocol
 
 
@@ -54,6 +55,10 @@ class NewAccounts(Protocol):
     def exists(self, login: str) -> bool: ...
 
     def set_password(self, login: str, password: str) -> None: ...
+
+    def prepare(self, login: str) -> bool:
+        """Create `login` so that no password opens it (a pre-copy); False when it exists."""
+        ...
 
 
 class CredentialStore(Protocol):
@@ -115,6 +120,19 @@ class Copier(Protocol):
 
     async def copy(self, login: str, source_name: str, password: str | None, target_login: str,
                    progress: Progress | None = None) -> CopyResult: ...
+
+
+class FilterCopier(Protocol):
+    """Sieve scripts over ManageSieve on both servers (`adapters.sieve.servers.SieveServers`). Blocking.
+
+    Lists and reads the scripts on the old server as `copy_plan` logs in there, puts each on the new one
+    through the master user and activates the old active one when the new server accepted it. A script the
+    new server refuses is in the report with its reason; a server without ManageSieve gives `not_offered`.
+    `PasswordRefused` for a refused login, `MailServerError` when a server cannot answer.
+    """
+
+    def copy_filters(self, source_name: str, login: str, password: str | None,
+                     target_login: str) -> FilterReport: ...
 
 
 class ScriptRun(Protocol):

@@ -15,6 +15,7 @@ import trio
 
 from mailmigrator.domain.application import MigrationService
 from mailmigrator.domain.errors import AccountNotFound
+from mailmigrator.domain.filters import FilterReport
 from mailmigrator.domain.model import AccountMigration, MigrationRun
 
 T = TypeVar("T")
@@ -59,6 +60,12 @@ class MigrationRecords:
                               rejected: Sequence[Mapping[str, str]]) -> None:
         await self.in_thread(lambda: self.service.record_account_created(login, login, aliases, provisioner, rejected))
 
+    async def account_prepared(self, login: str, provisioner: str) -> None:
+        await self.in_thread(lambda: self.service.record_account_prepared(login, login, provisioner))
+
+    async def password_set(self, login: str, provisioner: str) -> None:
+        await self.in_thread(lambda: self.service.record_password_set(login, provisioner))
+
     async def passwords_only_completed(self, login: str) -> None:
         await self.in_thread(lambda: self.service.record_completed(login, 0, 0, 0, 0.0, True))
 
@@ -90,3 +97,6 @@ class MigrationRecords:
 
     async def credential_destroyed(self, login: str, reason: str) -> None:
         await self.in_thread(lambda: self.service.record_credential_destroyed(login, reason))
+
+    async def filters(self, login: str, report: FilterReport) -> None:
+        await self.in_thread(lambda: self.service.record_filters(login, report))

@@ -23,6 +23,7 @@ from mailmigrator.domain.credentials import Credentials
 from mailmigrator.domain.errors import AccountBusy
 from mailmigrator.domain.model import DEFAULT_LEASE_SECONDS
 from mailmigrator.domain.states import MOVED_STATES
+from mailmigrator.domain.use_cases.move_filters import MoveFilters
 from mailmigrator.domain.use_cases.ports import ClientSessions, Copier, CopyResult, NoClientSessions, Progress
 from mailmigrator.domain.use_cases.records import MigrationRecords
 
@@ -53,6 +54,8 @@ class SwitchOver:
     node: str = ""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     clock: Callable[[], float] = time.monotonic
+    # Sieve scripts move after the old sessions are closed, before the final delta.
+    filters: MoveFilters | None = None
 
     async def run(self, login: str, credentials: Credentials, target_login: str,
                   progress: Progress | None = None) -> SwitchOutcome:
@@ -65,6 +68,8 @@ class SwitchOver:
         except AccountBusy as e:
             return SwitchOutcome(login, False, str(e), busy=True)
         closed = await self.sessions.close_old_sessions(login)
+        if self.filters is not None:
+            await self.filters.run(login, credentials, target_login)
         result = await self.copier.copy(login, credentials.login, credentials.password or None, target_login,
                                         progress)
         if not result.ok:

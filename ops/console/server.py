@@ -162,6 +162,7 @@ def build_console(
         route("/api/accounts/{login:str}", account, ["GET"]),
         route("/api/accounts/{login:str}/history", history, ["GET"]),
         route("/api/log", log_tail, ["GET"]),
+        route("/api/report", report, ["GET"]),
         route("/api/manual/migrate", manual_migrate, ["POST"]),
         route("/api/manual/bulk", manual_bulk, ["POST"]),
         route("/api/manual/jobs", manual_jobs, ["GET"]),
@@ -315,6 +316,19 @@ async def history(console: Console, request: Request) -> Response:
     except AccountNotFound:
         raise HttpError(404, f"no account {login_name!r} is recorded; /api/accounts lists them") from None
     return JSONResponse({"login": login_name, "events": rows})
+
+
+REPORT_MEDIA = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8",
+                "json": "application/json"}
+
+
+async def report(console: Console, request: Request) -> Response:
+    fmt = request.query_params.get("format", "html")
+    if fmt not in REPORT_MEDIA:
+        raise HttpError(400, f"format={fmt!r} is not one of html, csv, json")
+    text = await console.store(lambda: console.queries.report(fmt))
+    disposition = "inline" if fmt == "html" else f'attachment; filename="mailmigrator-report.{fmt}"'
+    return Response(text, media_type=REPORT_MEDIA[fmt], headers={"Content-Disposition": disposition})
 
 
 async def log_tail(console: Console, request: Request) -> Response:

@@ -19,6 +19,7 @@ from browser import browser  # noqa: E402,F401  (fixture)
 from console_fixtures import ADMIN_PASSWORD, RunningConsole, console_config, open_wired, serve_console  # noqa: E402
 
 from mailmigrator.ops.composition import OpenStore  # noqa: E402
+from mailmigrator.ops.config import Config  # noqa: E402
 
 SCREENSHOT = Path(os.environ.get("CONSOLE_SCREENSHOT", "")) if os.environ.get("CONSOLE_SCREENSHOT") else None
 
@@ -26,8 +27,8 @@ SCREENSHOT = Path(os.environ.get("CONSOLE_SCREENSHOT", "")) if os.environ.get("C
 class ConsoleThread:
     """The console served from its own trio loop in a thread, so that the test can drive a blocking browser."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.config = console_config(tmp_path)
+    def __init__(self, tmp_path: Path, config: Config | None = None) -> None:
+        self.config = config or console_config(tmp_path)
         self.wired: OpenStore = open_wired(self.config)
         self._ready: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)

@@ -63,7 +63,7 @@ async def test_everything_but_the_page_shell_needs_a_login(running: RunningConso
         assert "default-src 'self'" in page.headers["content-security-policy"]
         for path in ("/api/run", "/api/general", "/api/accounts", "/api/accounts/a@example.com",
                      "/api/accounts/a@example.com/history", "/api/log", "/api/manual/jobs", "/api/session",
-                     "/metrics"):
+                     "/metrics", "/api/report"):
             response = await client.get(path)
             assert response.status_code == 401, path
             assert response.json()["error"] == "log in first: POST /api/login with the admin password"
@@ -190,6 +190,28 @@ async def test_start_stop_finish_record_the_same_events_as_the_cli(running: Runn
     assert any(line.endswith("FINISH MIGRATION requested (by console)") for line in lines)
 
 
+async def test_report_is_served_escaped_in_each_format(running: RunningConsole) -> None:
+    seed_accounts(running)
+    app = running.wired.app
+    app.record_login("dave@example.com", "imap", "127.0.0.5", "127.0.0.1")
+    app.record_password_verified("dave@example.com", "imap-login")
+    app.record_failed("dave@example.com", "<script>alert(1)</script>", False)
+    async with running.logged_in() as (client, _):
+        page = await client.get("/api/report")
+        csv_text = await client.get("/api/report?format=csv")
+        as_json = await client.get("/api/report?format=json")
+        bad = await client.get("/api/report?format=pdf")
+        shell = await client.get("/")
+    assert page.headers["content-type"].startswith("text/html") and page.text.count("<tr><td>") == 4
+    assert "<script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert csv_text.headers["content-disposition"] == 'attachment; filename="mailmigrator-report.csv"'
+    assert csv_text.text.splitlines()[0].startswith("login,state,folders,old_messages")
+    alice = next(a for a in as_json.json()["accounts"] if a["login"] == "alice@example.com")
+    assert (alice["old_messages"], alice["new_messages"], alice["state"]) == (3, 3, "completed")
+    assert bad.status_code == 400 and "not one of html, csv, json" in bad.json()["error"]
+    assert 'href="/api/report?format=html"' in shell.text
+
+
 async def test_general_shows_the_effective_settings_and_no_secret(running: RunningConsole) -> None:
     async with running.logged_in() as (client, _):
         response = await client.get("/api/general")
@@ -203,7 +225,8 @@ async def test_accounts_are_paged_filtered_and_searched(running: RunningConsole)
     async with running.logged_in() as (client, _):
         page = (await client.get("/api/accounts", params={"limit": 2})).json()
         assert page["total"] == 3 and [a["login"] for a in page["accounts"]] == ["alice@example.com", "bob@example.com"]
-        assert page["counts"] == {"seen": 1, "verified": 0, "created": 0, "copying": 0, "copied": 0,
+        assert page["counts"] == {"expected": 0, "withdrawn": 0, "seen": 1, "verified": 0, "created": 0,
+                                  "precopied": 0, "precopying": 0, "copying": 0, "copied": 0,
                                   "switching": 0, "completed": 1, "swept": 0, "failed": 1}
         rest = (await client.get("/api/accounts", params={"limit": 2, "offset": 2})).json()
         assert [a["login"] for a in rest["accounts"]] == ["carol@example.com"]

@@ -315,3 +315,23 @@ async def console_account_detail(config: Config, login: str) -> dict:
             return response.json()
     finally:
         wired.close()
+
+
+def test_accounts_created_ahead_of_their_copy_are_copied_without_a_login_retry(
+    old_server: testbed.DovecotServer, new_server: testbed.DovecotServer, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Six accounts at concurrency 3: the last three are created while the first copies run.
+    config = config_file(tmp_path, old_server, new_server)
+    users = [account(old_server, messages=2) for _ in range(6)]
+    bulk = tmp_path / "users.txt"
+    bulk.write_text("".join(f"{login}:{password}\n" for login, password in users))
+    code, out, err = run_cli(capsys, monkeypatch, "", "--config", str(config), "migrate", "--bulk", str(bulk))
+    assert code == 0, out + err
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [e for e in logged if e.get("event") in ("transient failure, retrying", "migration failed")] == []
+    for login, _ in users:
+        history = [e["event"] for e in events(capsys, monkeypatch, config, login)]
+        assert "MigrationFailed" not in history, history
+        assert history.count("AccountCreated") == 1 and history.count("MigrationStarted") == 1, history
+        assert message_count(new_server, login) == 2

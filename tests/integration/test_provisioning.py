@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from testbed import DovecotServer
 from passlib.hash import sha512_crypt
 
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
 from mailmigrator.adapters.accounts.provisioning import (
+    NO_PASSWORD_FIELD,
+    PASSWD_FILE_SETTLE_SECONDS,
     PasswdFileProvisioner,
     PostgresUsersProvisioner,
     ProvisioningError,
@@ -71,6 +78,11 @@ def test_postgres_users_table(pg_database: str) -> None:
     assert sha512_crypt.verify("changed", password.removeprefix("{SHA512-CRYPT}"))
     with pytest.raises(ProvisioningError):
         PostgresUsersProvisioner(url, "users; drop table x")
+    assert provisioner.prepare("b@example.com") and not provisioner.prepare("a@example.com")
+    with psycopg.connect(url) as conn:
+        rows = dict(conn.execute("SELECT login, password FROM users").fetchall())
+    assert rows["b@example.com"] == NO_PASSWORD_FIELD
+    assert sha512_crypt.verify("changed", rows["a@example.com"].removeprefix("{SHA512-CRYPT}"))  # left alone
 
 
 def test_passwd_file_lines_are_split_on_newline_only(tmp_path: Path) -> None:
@@ -82,3 +94,23 @@ def test_passwd_file_lines_are_split_on_newline_only(tmp_path: Path) -> None:
     assert text.startswith(foreign)
     assert text.count("\n") == 3
 
+
+
+def test_a_prepared_account_refuses_every_password_and_lets_the_master_user_in(new_server: DovecotServer) -> None:
+    provisioner = PasswdFileProvisioner(Path(new_server.passwd_file))
+    assert provisioner.prepare("early@example.com")
+    assert not provisioner.prepare("early@example.com")  # already there: left alone
+    assert provisioner.exists("early@example.com")
+    field = Path(new_server.passwd_file).read_text().split("early@example.com:", 1)[1].split(":", 1)[0]
+    time.sleep(PASSWD_FILE_SETTLE_SECONDS)
+    with new_server.imap("early@example.com") as client:  # the master user
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0
+    for password in ("", "!", field, "{CRYPT}!", "*", "x"):
+        client = IMAPClient(new_server.host, port=new_server.imap_port, ssl=False)
+        with pytest.raises(LoginError):
+            client.login("early@example.com", password)
+        client.logout()
+    provisioner.set_password("early@example.com", "now-set")
+    time.sleep(PASSWD_FILE_SETTLE_SECONDS)
+    with new_server.imap("early@example.com", "now-set") as client:
+        assert client.select_folder("INBOX")[b"EXISTS"] == 0

@@ -3,7 +3,7 @@
 
 const POLL_MS = 2000;
 const PAGE_SIZE = 50;
-const STATES = ["seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed"];
+const STATES = ["expected", "seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed"];
 const GENERAL_LABELS = {
   source_host: "Source host", source_protocol: "Source protocol", source_tls: "TLS/SSL",
   migration_account: "Migration account", log_file: "Log file", access_mode: "Access mode",
@@ -151,13 +151,18 @@ async function loadGeneral() {
 function showProgress(run) {
   showRunState(run.state);
   const p = run.progress;
-  const share = p.bytes_planned > 0 ? p.bytes_done / p.bytes_planned
+  const r = run.roster;
+  // With a roster the accounts never seen have no size yet: the bar counts accounts.
+  const share = r ? r.done / r.accounts : p.bytes_planned > 0 ? p.bytes_done / p.bytes_planned
     : p.accounts_total > 0 ? p.accounts_done / p.accounts_total : 0;
   $("progress-fill").style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
   const rate = p.bytes_per_second > 0 ? `${mb(p.bytes_per_second)} MB/s, ${p.messages_per_second.toFixed(1)} msg/s` : "idle";
   const eta = p.eta_seconds === 0 ? "done" : p.bytes_per_second > 0 ? duration(p.eta_seconds) : "?";
-  $("progress-text").textContent =
-    `${p.accounts_done} of ${p.accounts_total} accounts done (${p.accounts_failed} failed) · ` +
+  const accounts = r
+    ? `${r.done} of ${r.accounts} roster accounts done (${r.in_progress} in progress, ${r.failed} failed, ` +
+      `${r.not_seen} not seen yet) · `
+    : `${p.accounts_done} of ${p.accounts_total} accounts done (${p.accounts_failed} failed) · `;
+  $("progress-text").textContent = accounts +
     `${mb(p.bytes_done)} of ${mb(p.bytes_planned)} MB · ${p.messages_done.toLocaleString()} messages · ` +
     `rate ${rate} · ETA ${eta}`;
 }
@@ -235,6 +240,15 @@ async function loadDetail() {
   }
   for (const conflict of doc.alias_conflicts || []) {
     summary.appendChild(row([el("th", "alias not applied"), td(`${conflict.address} (${conflict.reason})`)]));
+  }
+  const filters = doc.filters;
+  if (filters) {
+    const moved = filters.not_offered ? `NOT moved: ${filters.not_offered}`
+      : `${filters.scripts.map((s) => s.name).join(", ") || "none"}; active: ${filters.active || "none"}`;
+    summary.appendChild(row([el("th", "sieve scripts"), td(moved)]));
+    for (const refused of filters.not_offered ? [] : filters.refused) {
+      summary.appendChild(row([el("th", "sieve script refused"), td(`${refused.name} (${refused.reason})`)]));
+    }
   }
   const folders = $("folders-body");
   folders.replaceChildren();
