@@ -90,4 +90,5 @@ def test_sigkill_at_three_points_then_resume_copies_everything_once(
                              capture_output=True, text=True, check=True)
     events = [e["event"] for e in json.loads(history.stdout)]
     # A kill can land before the start is recorded (while planning): that run leaves no MigrationStarted.
-    assert events.count("MigrationStarted") >= 2 and events[-1] == "MigrationCompleted"
+    assert events.count("MigrationStarted") >= 2, events
+    assert events[-1] == "MailboxesCompared" and events[-2] == "MigrationCompleted", events  # then the verify

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import testbed
-from copy_testbed import FaultyRelay, run_cli
+from copy_testbed import FaultyRelay, message_count, run_cli
 from test_dovecot_engine import identities
 from test_serve_restart import account_state, config_text, free_port, start_serve, wait_for
 from testbed import make_message, seed_bulk
@@ -131,14 +131,26 @@ def seed(migration: Migration, inbox: int) -> None:
         client.expunge()
 
 
+def copied_so_far(migration: Migration) -> int:
+    try:
+        return message_count(migration.new, migration.login)
+    except imaplib.IMAP4.error:  # the new account is not there for Dovecot yet
+        return 0
+
+
 def test_serve_killed_mid_copy_keeps_identity_and_copies_nothing_twice_after_a_restart(migration: Migration) -> None:
     seed(migration, 600)
 
     def mid_copy() -> None:
         wait_for(lambda: migration.state() == "copying", "the copy to start")
-        time.sleep(1.5)  # dsync is now fetching through the slow link
+        # dsync commits every 100 messages: the first commit means it is fetching through the slow link.
+        wait_for(lambda: copied_so_far(migration) > 0, "the first messages on the new server")
+        copied_at_kill.append(message_count(migration.new, migration.login))
+
+    copied_at_kill: list[int] = []
 
     migration.crash_and_restart(mid_copy, "copying")
+    assert 0 < copied_at_kill[0] < 600, copied_at_kill
     migration.assert_equal_without_duplicates_and_identity_held()
     assert migration.events().count("MigrationStarted") >= 2, "the copy was resumed after the restart"
 
