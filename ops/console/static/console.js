@@ -3,7 +3,7 @@
 
 const POLL_MS = 2000;
 const PAGE_SIZE = 50;
-const STATES = ["expected", "seen", "verified", "created", "copying", "copied", "switching", "completed", "swept", "failed"];
+const STATES = ["expected", "seen", "verified", "created", "precopied", "precopying", "copying", "copied", "switching", "completed", "swept", "failed"];
 const GENERAL_LABELS = {
   source_host: "Source host", source_protocol: "Source protocol", source_tls: "TLS/SSL",
   migration_account: "Migration account", log_file: "Log file", access_mode: "Access mode",
@@ -41,6 +41,10 @@ function duration(seconds) {
   if (seconds === null || seconds === undefined) return "?";
   const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
   return h ? `${h} h ${m} min` : m ? `${m} min ${s} s` : `${s} s`;
+}
+
+function age(iso) {
+  return duration(Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000)));
 }
 
 async function api(path, options = {}) {
@@ -240,6 +244,14 @@ async function loadDetail() {
   }
   for (const conflict of doc.alias_conflicts || []) {
     summary.appendChild(row([el("th", "alias not applied"), td(`${conflict.address} (${conflict.reason})`)]));
+  }
+  if (doc.password_pending || ["precopied", "precopying"].includes(doc.state)) {
+    // A pre-copy is only as fresh as its last pass: the admin sees how old it is, and whether anyone can use it yet.
+    const asOf = doc.precopy_refreshed_at || doc.precopied_at;
+    const usable = doc.password_pending ? "; unusable until the owner logs in" : "";
+    summary.appendChild(row([el("th", "pre-copied"),
+      td(`${doc.messages.toLocaleString()} messages, ${mb(doc.bytes)} MB; copy as of ${when(asOf)} ` +
+         `(${age(asOf)} old)${usable}`)]));
   }
   const filters = doc.filters;
   if (filters) {
