@@ -256,14 +256,14 @@ class ViewStore(SqlTables, TrackingRecorder):
             c.execute(self.sql(query + " ORDER BY login"), params)
             return [_whole_doc(row["doc"], row["folder_doc"]) for row in c.fetchall()]
 
-    def account_docs(self, state: str | None = None) -> Iterator[tuple[str, int]]:
-        """(document without folders as stored JSON, folder count) of each account, by login."""
+    def account_docs(self, state: str | None = None) -> Iterator[tuple[str, int, bool]]:
+        """(document without folders as stored JSON, folder count, locked) of each account, by login."""
         where, params = _where(state, "")
         with self._cursor(commit=False) as c:
-            c.execute(self.sql(f"SELECT doc, folders FROM {{p}}mm_accounts{where} ORDER BY login"), params)
+            c.execute(self.sql(f"SELECT doc, folders, locked FROM {{p}}mm_accounts{where} ORDER BY login"), params)
             rows = c.fetchall()
         for row in rows:
-            yield row["doc"], int(row["folders"])
+            yield row["doc"], int(row["folders"]), bool(row["locked"])
 
     def states(self) -> list[tuple[str, str]]:
         """Every account's login and state, ordered by login."""

@@ -314,3 +314,23 @@ def test_account_pages_counts_and_totals_come_from_sql_and_match_the_documents(
     assert [r["login"] for r in views.account_rows(state="seen")] == ["late_1@example.com"]
     assert views.state_totals() == state_totals(docs)
     wired.close()
+
+
+def test_status_summaries_are_the_documents_with_folders_counted_and_the_redirect_of_locked_users(
+        tmp_path: Path, store_url: str) -> None:
+    wired = open_wired(tmp_path, store_url)
+    app, views = wired.app, wired.views
+    app.configure_run({"migration_account": "notice@example.com"})
+    record_sample_accounts(app, 0, 6)
+    app.record_login("locked_1@example.com", "imap", "127.0.0.9", "127.0.0.1")
+    app.record_password_verified("locked_1@example.com", "imap-login")
+    views.catch_up()
+    docs = views.accounts()
+    summaries = [json.loads(line) for line in views.account_summaries()]
+
+    assert summaries == [{**doc, "folders": len(doc["folders"])} for doc in docs]
+    assert any(doc["folders"] for doc in docs)
+    assert [s["redirect"] for s in summaries if s["locked"]] == ["notice@example.com"]
+    assert all(s["redirect"] is None for s in summaries if not s["locked"])
+    assert [json.loads(line)["login"] for line in views.account_summaries("verified")] == ["locked_1@example.com"]
+    wired.close()
