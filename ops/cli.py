@@ -26,6 +26,7 @@ from mailmigrator.ops.config import Config, ConfigError, default_config_path, lo
 from mailmigrator.ops.composition import OpenStore, open_store
 from mailmigrator.projections.accounts import (
     AccountDoc,
+    AccountRow,
     FiltersDoc,
     StateTotals,
     event_row,
@@ -187,7 +188,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     wired = _open(config)
     if wired is None:
         run = new_run_doc()
-        accounts: list[AccountDoc] = []
+        accounts: list[AccountRow] = []
         summaries: list[str] = []
         totals: list[StateTotals] = []
         nodes: list[dict[str, Any]] = []
@@ -197,7 +198,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         if args.json:
             summaries = wired.views.account_summaries(args.state)
         else:
-            accounts = wired.views.accounts(args.state)
+            accounts = wired.views.account_rows(args.state)
         totals = wired.views.state_totals()
         nodes = NodeStatusTable.open(wired.app.factory).nodes()
         wired.close()
@@ -231,8 +232,8 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         for doc in accounts:
             print(
                 f"{doc['login']:32} {doc['state']:10} {'yes' if doc['locked'] else 'no':6} "
-                f"{len(doc['folders']):>7} {doc['messages']:>9,} {human_bytes(doc['bytes']):>10}  "
-                f"{doc.get('node') or '-':20} {doc['error'] or ''}"
+                f"{doc['folders']:>7} {doc['messages']:>9,} {human_bytes(doc['bytes']):>10}  "
+                f"{doc['node'] or '-':20} {doc['error'] or ''}"
             )
     return EXIT_OK
 

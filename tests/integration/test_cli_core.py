@@ -14,6 +14,7 @@ import pytest
 from mailmigrator.ops.cli import main
 from mailmigrator.ops.config import load_config
 from mailmigrator.ops.composition import open_store
+from sample_history import record_sample_accounts
 
 
 def config_file(tmp_path: Path, body: str = "") -> Path:
@@ -226,3 +227,29 @@ def test_finish_follows_a_finish_another_process_took_on(tmp_path: Path, capsys:
     assert code == 0
     assert "being done by node-b" in err
     assert "completed by node-b" in out
+
+
+def test_status_lists_each_account_with_its_folders_messages_node_and_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config_file(tmp_path)
+    wired = open_store(load_config(cfg), create=True)
+    assert wired is not None
+    record_sample_accounts(wired.app, 0, 3)
+    wired.app.record_login("zed@example.com", "imap", "127.0.0.2", "127.0.0.1")
+    wired.app.record_password_verified("zed@example.com", "imap-login")
+    wired.app.record_failed("zed@example.com", "connection reset by the old server", True)
+    wired.views.catch_up()
+    docs = {doc["login"]: doc for doc in wired.views.accounts()}
+    wired.close()
+
+    code, out, _ = run_cli(capsys, "--config", str(cfg), "status")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if "@example.com" in line}
+    assert set(rows) == set(docs)
+    for login, doc in docs.items():
+        assert rows[login][1] == doc["state"] and rows[login][3] == str(len(doc["folders"])), rows[login]
+        assert rows[login][4] == f"{doc['messages']:,}"
+    assert any(doc["folders"] for doc in docs.values())
+    assert out.splitlines()[-1].endswith("connection reset by the old server") and "zed@example.com" in out
+    code, out, _ = run_cli(capsys, "--config", str(cfg), "status", "--state", "failed")
+    assert [line.split()[0] for line in out.splitlines() if "@example.com" in line] == ["zed@example.com"]
