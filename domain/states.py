@@ -168,6 +168,10 @@ UNVERIFIED_STATES: Final = frozenset({"expected", "withdrawn", "seen", "precopie
 OFF_ROSTER_STATES: Final = frozenset({"withdrawn"})
 # Mail copied ahead of the first login, the new account not yet usable.
 PRECOPY_STATES: Final = frozenset({"precopied", "precopying"})
+# `precopy` prepares the new account of these (never verified, so no password is known)...
+PREPARABLE_STATES: Final = frozenset({"expected", "withdrawn", "seen"})
+# ...and takes these: a first pass for the preparable ones, a refresh of the delta for `precopied`.
+PRECOPYABLE_STATES: Final = PREPARABLE_STATES | {"precopied"}
 # The owner never logged in: the roster's "not seen yet".
 NOT_SEEN_STATES: Final = frozenset({"expected"}) | PRECOPY_STATES
 # A node copying or switching the account holds a lease; a failed copy keeps it until it expires.

@@ -13,7 +13,8 @@ import sys
 import trio
 
 from mailmigrator.domain.logins import normalise_login
-from mailmigrator.domain.use_cases.precopy import PRECOPY_STATES, PreCopy
+from mailmigrator.domain.states import PRECOPYABLE_STATES
+from mailmigrator.domain.use_cases.precopy import PreCopy
 from mailmigrator.ops.composition import build_migration, open_store, require_source, require_target
 from mailmigrator.ops.config import Config, ConfigError
 from mailmigrator.ops.manual_migration import EXIT_FAILED, EXIT_OK, BatchProgress, result_table, show_progress
@@ -63,5 +64,5 @@ def cmd_precopy(config: Config, args: argparse.Namespace) -> int:
     failed = sum(not o.ok for o in ordered)
     skipped = sum(o.already_done for o in ordered)
     print(f"{len(ordered) - failed - skipped} pre-copied, {skipped} skipped (not in "
-          f"{'/'.join(sorted(PRECOPY_STATES))}), {failed} failed")
+          f"{'/'.join(sorted(PRECOPYABLE_STATES))}), {failed} failed")
     return EXIT_FAILED if failed else EXIT_OK

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 import trio
 
 from mailmigrator.domain.errors import ExplainedError, failure_text
+from mailmigrator.domain.states import PREPARABLE_STATES, PRECOPYABLE_STATES
 from mailmigrator.domain.use_cases.migrate_account import MigrateAccount, MigrationOutcome
 from mailmigrator.domain.use_cases.ports import Progress
 
-# A first pass prepares the account in these states; `precopied` gets a refresh pass.
-PREPARABLE_STATES = frozenset({"expected", "withdrawn", "seen"})
-PRECOPY_STATES = PREPARABLE_STATES | {"precopied"}
 
 
 @dataclass
@@ -61,7 +59,7 @@ class PreCopy:
         """One pass over `login`: prepare the new account when it has none, then copy what is not there yet."""
         migrate = self.migrate
         account = await migrate.records.account_or_none(login)
-        if account is None or account.state not in PRECOPY_STATES:
+        if account is None or account.state not in PRECOPYABLE_STATES:
             state = account.state if account is not None else "not on the roster"
             return MigrationOutcome(login, True, f"not pre-copied: {state}", already_done=True)
         accounts = migrate.accounts
