@@ -49,6 +49,9 @@ def fill(store: object, accounts: int) -> None:
         doc["messages"], doc["bytes"] = n % 500, n % 500 * 20_000
         doc["folders"] = {"INBOX": {"source": "INBOX", "target": "INBOX", "messages": n % 500, "bytes": 0,  # type: ignore[typeddict-item]
                                     "uidvalidity": 1, "uidnext": n % 500 + 1}}
+        if n % 3:
+            doc["started_at"] = AT
+            doc["updated_at"] = f"2026-11-28T{10 + n % 12:02d}:{n % 60:02d}:00.000000+00:00"
         if doc["state"] == "failed":
             doc["error"] = "connection reset by old server"
         batch.accounts[str(uuid.uuid5(uuid.NAMESPACE_DNS, doc["login"]))] = doc

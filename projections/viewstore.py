@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
@@ -46,26 +46,38 @@ UPSERT = (
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
 )
 UPDATE = "UPDATE {p}mm_accounts SET " + ", ".join(f"{name} = %s" for name in _UPDATED) + " WHERE id = %s"
-TOTALS = (
-    "SELECT state, COUNT(*) AS accounts, SUM(locked) AS locked, SUM(messages) AS messages, SUM(bytes) AS bytes, "
-    "SUM(CASE WHEN planned_messages > messages THEN planned_messages ELSE messages END) AS planned_messages, "
-    "SUM(CASE WHEN planned_bytes > bytes THEN planned_bytes ELSE bytes END) AS planned_bytes, "
-    "SUM(skipped) AS skipped, SUM(logins) AS logins, SUM(passwords_verified) AS passwords_verified, "
-    "SUM(passwords_rejected) AS passwords_rejected, SUM(CASE WHEN retryable = 1 THEN 1 ELSE 0 END) AS retryable, "
-    "SUM(CASE WHEN script = 'failed' THEN 1 ELSE 0 END) AS scripts_failed, "
-    "SUM(CASE WHEN script = 'timed out' THEN 1 ELSE 0 END) AS scripts_timed_out, SUM(on_roster) AS on_roster, "
-    "MIN(started_at) AS first_started, MAX(CASE WHEN started_at IS NOT NULL THEN updated_at END) AS last_update "
-    "FROM {p}mm_accounts GROUP BY state ORDER BY state"
+# What the totals by state add up, each as its SQL expression over one state's account rows.
+_SUMS = (
+    ("accounts", "COUNT(*)"), ("locked", "SUM(locked)"), ("messages", "SUM(messages)"), ("bytes", "SUM(bytes)"),
+    ("planned_messages", "SUM(CASE WHEN planned_messages > messages THEN planned_messages ELSE messages END)"),
+    ("planned_bytes", "SUM(CASE WHEN planned_bytes > bytes THEN planned_bytes ELSE bytes END)"),
+    ("skipped", "SUM(skipped)"), ("logins", "SUM(logins)"), ("passwords_verified", "SUM(passwords_verified)"),
+    ("passwords_rejected", "SUM(passwords_rejected)"),
+    ("retryable", "SUM(CASE WHEN retryable = 1 THEN 1 ELSE 0 END)"),
+    ("scripts_failed", "SUM(CASE WHEN script = 'failed' THEN 1 ELSE 0 END)"),
+    ("scripts_timed_out", "SUM(CASE WHEN script = 'timed out' THEN 1 ELSE 0 END)"),
+    ("on_roster", "SUM(on_roster)"),
 )
-_TOTAL_TEXT = ("state", "first_started", "last_update")
-TOTALS_COLUMNS = ("state", "locked", "messages", "bytes", "planned_messages", "planned_bytes", "skipped", "logins",
-                  "passwords_verified", "passwords_rejected", "retryable", "script", "started_at", "updated_at")
+SUMMED = tuple(name for name, _ in _SUMS)
+SUMS_BY_STATE = ("SELECT state, " + ", ".join(f"{expr} AS {name}" for name, expr in _SUMS)
+                 + " FROM {p}mm_accounts{where} GROUP BY state")
+# The totals table holds a row per state present, moved by each commit; a state's rows are found by index seeks.
+ADD_TO_TOTALS = (
+    "INSERT INTO {p}mm_totals (state, " + ", ".join(SUMMED) + ") VALUES (" + ", ".join(["%s"] * (len(SUMMED) + 1))
+    + ") ON CONFLICT (state) DO UPDATE SET " + ", ".join(f"{n} = mm_totals.{n} + excluded.{n}" for n in SUMMED)
+)
+FIRST_STARTED = "SELECT MIN(started_at) AS at FROM {p}mm_accounts WHERE state = %s AND started_at IS NOT NULL"
+LAST_UPDATE = "SELECT MAX(updated_at) AS at FROM {p}mm_accounts WHERE state = %s AND started_at IS NOT NULL"
 
 
 class Cursor(Protocol):
-    """The part of a DB-API cursor (sqlite3 or psycopg) the position update uses."""
+    """The part of a DB-API cursor (sqlite3 or psycopg) a commit uses."""
 
     def execute(self, statement: str, parameters: Sequence[object], /) -> object: ...
+
+    def executemany(self, statement: str, parameters: Iterable[Sequence[object]], /) -> object: ...
+
+    def fetchall(self) -> list[Any]: ...
 
 
 class StalePosition(Exception):
@@ -98,6 +110,8 @@ class ViewStore(SqlTables, TrackingRecorder):
             + bigint + " NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {p}mm_accounts (id TEXT PRIMARY KEY, login TEXT NOT NULL UNIQUE, "
             f"state TEXT NOT NULL, locked INTEGER NOT NULL, doc TEXT NOT NULL, {columns})",
+            "CREATE TABLE IF NOT EXISTS {p}mm_totals (state TEXT PRIMARY KEY, "
+            + ", ".join(f"{name} {bigint} NOT NULL" for name in SUMMED) + ")",
             "CREATE TABLE IF NOT EXISTS {p}mm_run (id INTEGER PRIMARY KEY, doc TEXT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {p}mm_log (position " + bigint + " NOT NULL, seq INTEGER NOT NULL, "
             "login TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (position, seq))",
@@ -107,18 +121,27 @@ class ViewStore(SqlTables, TrackingRecorder):
         with self._cursor(commit=True) as c:
             for statement in statements:
                 c.execute(self.sql(statement))
-        self._add_account_columns()
+        columns_added = self._add_account_columns()
         with self._cursor(commit=True) as c:
-            c.execute(self.sql("DROP INDEX IF EXISTS {p}mm_accounts_state"))
+            for index in ("mm_accounts_state", "mm_accounts_totals"):
+                c.execute(self.sql(f"DROP INDEX IF EXISTS {{p}}{index}"))
             c.execute(self.sql("CREATE INDEX IF NOT EXISTS mm_accounts_state_login ON {p}mm_accounts (state, login)"))
-            # Every column the totals read, so counting by state scans this index, not the documents.
-            c.execute(self.sql("CREATE INDEX IF NOT EXISTS mm_accounts_totals ON {p}mm_accounts ("
-                               + ", ".join(TOTALS_COLUMNS) + ")"))
+            # A state's first start and last change of a started account, each one seek.
+            for column in ("started_at", "updated_at"):
+                c.execute(self.sql(f"CREATE INDEX IF NOT EXISTS mm_accounts_state_{column} ON {{p}}mm_accounts "
+                                   f"(state, {column}) WHERE started_at IS NOT NULL"))
+            c.execute(self.sql("SELECT EXISTS (SELECT 1 FROM {p}mm_totals) AS counted, "
+                               "EXISTS (SELECT 1 FROM {p}mm_accounts) AS present"))
+            found = c.fetchone()
+            if columns_added or (found["present"] and not found["counted"]):
+                c.execute(self.sql("DELETE FROM {p}mm_totals"))
+                c.execute(self.sql("INSERT INTO {p}mm_totals (state, " + ", ".join(SUMMED) + ") "
+                                   + SUMS_BY_STATE.format(p="{p}", where="")))
 
     def drop_all(self) -> None:
         """Empty every view table and reset the position: the start of a replay."""
         with self._cursor(commit=True) as c:
-            for table in ("mm_accounts", "mm_run", "mm_log", "mm_logfile"):
+            for table in ("mm_accounts", "mm_totals", "mm_run", "mm_log", "mm_logfile"):
                 c.execute(self.sql(f"DELETE FROM {{p}}{table}"))
             c.execute(self.sql("DELETE FROM {p}mm_tracking WHERE name = %s"), (PROJECTION_NAME,))
 
@@ -127,8 +150,10 @@ class ViewStore(SqlTables, TrackingRecorder):
             return "TEXT"
         return self.bigint + (" NOT NULL DEFAULT 0" if name not in NULLABLE_COLUMNS else "")
 
-    def _add_account_columns(self) -> None:
-        """Give a table made before the account columns existed those columns, filled from its documents."""
+    def _add_account_columns(self) -> bool:
+        """Give a table made before the account columns existed those columns, filled from its documents.
+
+        Whether any column was missing (the totals, counted from the columns, are then counted again)."""
         with self._cursor(commit=False) as c:
             if self.postgres:
                 c.execute(
@@ -141,7 +166,7 @@ class ViewStore(SqlTables, TrackingRecorder):
             present = {row["name"] for row in c.fetchall()}
         missing = [name for name in ACCOUNT_COLUMNS if name not in present]
         if not missing:
-            return
+            return False
         with self._cursor(commit=True) as c:
             for name in missing:
                 exists = " IF NOT EXISTS" if self.postgres else ""
@@ -151,6 +176,7 @@ class ViewStore(SqlTables, TrackingRecorder):
             for account_id, doc in rows:
                 doc.setdefault("folders", {})
                 c.execute(self.sql(UPDATE), (*_account_values(account_id, doc)[2:], account_id))
+        return True
 
     # TrackingRecorder
 
@@ -214,7 +240,10 @@ class ViewStore(SqlTables, TrackingRecorder):
         with self._cursor(commit=True) as c:
             self._set_position(c, PROJECTION_NAME, batch.start_position, batch.end_position)
             if batch.accounts:
+                ids = list(batch.accounts)
+                before = self._sums_of(c, ids)
                 c.executemany(self.sql(UPSERT), [_account_values(key, doc) for key, doc in batch.accounts.items()])
+                self._move_totals(c, before, self._sums_of(c, ids))
             if batch.run is not None:
                 c.execute(
                     self.sql(
@@ -228,6 +257,30 @@ class ViewStore(SqlTables, TrackingRecorder):
                     self.sql("INSERT INTO {p}mm_log (position, seq, login, line) VALUES (%s, %s, %s, %s)"),
                     batch.log_lines,
                 )
+
+    def _sums_of(self, c: Cursor, ids: Sequence[str]) -> dict[str, list[int]]:
+        """What the accounts `ids` add to the totals of each state, as stored now."""
+        sums: dict[str, list[int]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            c.execute(self.sql(SUMS_BY_STATE.format(p="{p}", where=f" WHERE id IN ({', '.join(['%s'] * len(chunk))})")),
+                      chunk)
+            for row in c.fetchall():
+                added = [int(row[name] or 0) for name in SUMMED]
+                sums[row["state"]] = [a + b for a, b in zip(sums.get(row["state"], [0] * len(SUMMED)), added)]
+        return sums
+
+    def _move_totals(self, c: Cursor, before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
+        """Take the accounts' old contributions off the totals and add their new ones, in the batch's transaction."""
+        zero = [0] * len(SUMMED)
+        moves = []
+        for state in sorted(before.keys() | after.keys()):
+            delta = [new - old for old, new in zip(before.get(state, zero), after.get(state, zero))]
+            if any(delta):
+                moves.append((state, *delta))
+        if moves:
+            c.executemany(self.sql(ADD_TO_TOTALS), moves)
+            c.execute(self.sql("DELETE FROM {p}mm_totals WHERE accounts = 0"), ())
 
     # The application's stored events, read as rows: the follower decodes them itself.
 
@@ -308,13 +361,15 @@ class ViewStore(SqlTables, TrackingRecorder):
 
     def state_totals(self) -> list[StateTotals]:
         """Counts and sums of the accounts, one entry per state present."""
-        with self._cursor(commit=False) as c:
-            c.execute(self.sql(TOTALS))
-            rows = c.fetchall()
         totals: list[StateTotals] = []
-        for row in rows:
-            entry = {key: (row[key] if key in _TOTAL_TEXT else int(row[key] or 0)) for key in row.keys()}
-            totals.append(entry)  # type: ignore[arg-type]
+        with self._cursor(commit=False) as c:
+            c.execute(self.sql("SELECT state, " + ", ".join(SUMMED) + " FROM {p}mm_totals ORDER BY state"))
+            for row in c.fetchall():
+                entry = {"state": row["state"], **{name: int(row[name]) for name in SUMMED}}
+                for key, query in (("first_started", FIRST_STARTED), ("last_update", LAST_UPDATE)):
+                    c.execute(self.sql(query), (row["state"],))
+                    entry[key] = c.fetchone()["at"]
+                totals.append(entry)  # type: ignore[arg-type]
         return totals
 
     def logins_in(self, states: Iterable[str]) -> dict[str, list[str]]:

@@ -276,6 +276,7 @@ def test_two_followers_racing_apply_each_event_once(tmp_path: Path, store_url: s
     assert not errors
     writer.views.catch_up()
     assert writer.views.account(login)["logins"] == 60
+    assert writer.views.state_totals() == state_totals(writer.views.accounts())
     assert len([l for l in writer.views.log_lines() if "IMAP login" in l]) == 60
     assert (tmp_path / "migration.log").read_text().count("IMAP login") == 60
     for w in [writer, *followers]:
@@ -288,12 +289,45 @@ def test_ids_are_uuid5_of_the_login() -> None:
     assert app.account("jo@example.com").id == account_id("jo@example.com")
 
 
+def sample_store(tmp_path: Path, store_url: str, accounts: int) -> OpenStore:
+    """A store holding the sample accounts' histories and one account only seen logging in."""
+    wired = open_wired(tmp_path, store_url)
+    record_sample_accounts(wired.app, 0, accounts)
+    wired.app.record_login("late_1@example.com", "imap", "127.0.0.9", "127.0.0.1")
+    return wired
+
+
+def test_totals_by_state_follow_every_batch_and_are_counted_again_for_a_table_without_them(
+        tmp_path: Path, store_url: str) -> None:
+    wired = sample_store(tmp_path, store_url, 8)
+    views = wired.views
+    store, commit = views.store, views.store.commit
+    states_seen = set()
+
+    def commit_and_compare(batch: ViewBatch) -> None:
+        commit(batch)
+        docs = store.accounts()
+        states_seen.add(tuple(sorted({doc["state"] for doc in docs})))
+        assert store.state_totals() == state_totals(docs)
+
+    store.commit = commit_and_compare  # type: ignore[method-assign]
+    views.catch_up(batch_size=3)
+    # Accounts moved between states, and a state was left empty, on the way.
+    assert len(states_seen) > 3
+    expected = views.state_totals()
+    assert {t["state"] for t in expected} == {doc["state"] for doc in views.accounts()}
+    with store._cursor(commit=True) as c:
+        c.execute(store.sql("DELETE FROM {p}mm_totals"))
+    wired.close()
+    reopened = open_wired(tmp_path, store_url)
+    assert reopened.views.state_totals() == expected
+    reopened.close()
+
+
 def test_account_pages_counts_and_totals_come_from_sql_and_match_the_documents(
         tmp_path: Path, store_url: str) -> None:
-    wired = open_wired(tmp_path, store_url)
-    app, views = wired.app, wired.views
-    record_sample_accounts(app, 0, 12)
-    app.record_login("late_1@example.com", "imap", "127.0.0.9", "127.0.0.1")
+    wired = sample_store(tmp_path, store_url, 12)
+    views = wired.views
     views.catch_up()
     docs = views.accounts()
     logins = [doc["login"] for doc in docs]
