@@ -146,6 +146,10 @@ def build_console(
                 return await handler(console, request)
             except HttpError as e:
                 return JSONResponse({"error": e.message}, e.status, headers=e.headers)
+            except Exception:
+                # One request fails, with its traceback in the service log; the console keeps serving.
+                log.exception("console request failed", path=request.url.path, method=request.method)
+                return JSONResponse({"error": "the request failed inside the service; its log has the details"}, 500)
 
         return Route(path, endpoint, methods=methods)
 

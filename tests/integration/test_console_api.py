@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog.testing
 import trio
 
 from mailmigrator.ops.console.auth import AdminPassword, Sessions
@@ -70,6 +71,27 @@ async def test_everything_but_the_page_shell_needs_a_login(running: RunningConso
         for path in ("/api/run/start", "/api/manual/migrate", "/api/manual/bulk"):
             assert (await client.post(path)).status_code == 401, path
     assert running.wired.app.run().state == "stopped"
+
+
+async def test_a_request_failing_inside_the_service_is_logged_and_answered_in_one_line(
+        running: RunningConsole, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_accounts(running)
+
+    def broken_catch_up(batch_size: int = 0) -> int:
+        raise RuntimeError("views out of step")
+
+    async with running.logged_in() as (client, _headers):
+        monkeypatch.setattr(running.wired.views, "catch_up", broken_catch_up)
+        with structlog.testing.capture_logs() as logged:
+            response = await client.get("/api/accounts/alice@example.com")
+        assert response.status_code == 500
+        assert response.json() == {"error": "the request failed inside the service; its log has the details"}
+        failed = [entry for entry in logged if entry["event"] == "console request failed"]
+        assert failed and failed[0]["path"] == "/api/accounts/alice@example.com"
+        assert failed[0]["exc_info"] is True  # the traceback goes to the service log, not to the client
+        assert "views out of step" not in response.text
+        monkeypatch.undo()
+        assert (await client.get("/api/accounts/alice@example.com")).status_code == 200
 
 
 async def test_login_gives_a_strict_httponly_cookie_and_a_csrf_token(running: RunningConsole) -> None:
