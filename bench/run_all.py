@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "cutover_morning": ([], ["--users", "40"]),
     "replay": (["--events", "1000000"], ["--events", "20000"]),
     "read_side": ([], ["--accounts", "5000"]),
+    "serve_memory": ([], ["--accounts", "5000"]),
     "proxy": ([], []),
     "proxy_load": ([], ["--idle", "100", "--active", "20", "--seconds", "3"]),
     "proxy_scale": ([], ["--connections", "1000", "--relaying", "100"]),
