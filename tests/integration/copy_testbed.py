@@ -109,7 +109,7 @@ class FaultyRelay:
 
     `cut_after` bytes from the server: the first `cuts` connections to reach
     that many are closed right there (a dropped connection mid-transfer).
-    `bytes_per_second` throttles the server-to-client direction.
+    `bytes_per_second` throttles the server-to-client direction, with no burst after an idle spell.
     """
 
     def __init__(self, upstream: tuple[str, int], *, cut_after: int = 0, cuts: int = 0,
@@ -153,7 +153,8 @@ class FaultyRelay:
 
     def _pump(self, src: socket.socket, dst: socket.socket, cut: int, rate: float) -> None:
         sent = 0
-        started = time.monotonic()
+        # When the throttled bytes may have left: an idle connection earns no credit, so it never bursts.
+        due = time.monotonic()
         try:
             while True:
                 data = src.recv(16384)
@@ -170,9 +171,8 @@ class FaultyRelay:
                 dst.sendall(data)
                 sent += len(data)
                 if rate:
-                    ahead = sent / rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
+                    due = max(due, time.monotonic()) + len(data) / rate
+                    time.sleep(max(0.0, due - time.monotonic()))
         except OSError:
             pass
         finally:
