@@ -21,6 +21,7 @@ from mailmigrator.domain.errors import ExplainedError
 from mailmigrator.adapters.store.event_store import StoreError, StoreSettingError, create_key_file
 from mailmigrator.domain.errors import DomainError, InvalidLogin
 from mailmigrator.domain.logins import normalise_login
+from mailmigrator.domain.states import ACCOUNT_STATES
 from mailmigrator.ops.allocator import bound_allocator
 from mailmigrator.ops.config import Config, ConfigError, default_config_path, load_config
 from mailmigrator.ops.composition import OpenStore, open_store
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("status", help="the run's state and every account with its state")
-    p.add_argument("--state", help="only accounts in this state")
+    p.add_argument("--state", choices=ACCOUNT_STATES, metavar="STATE",
+                   help=f"only accounts in this state: {', '.join(ACCOUNT_STATES)}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("show", help="one account's projection, with its folders")

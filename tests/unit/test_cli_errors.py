@@ -44,3 +44,14 @@ def test_other_errors_in_a_nursery_are_not_hidden(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("MAILMIGRATOR_CONFIG", str(tmp_path / "absent.toml"))
     with pytest.raises(BaseExceptionGroup):
         cli.main(["status"])
+
+
+def test_an_unknown_account_state_is_named_with_the_known_ones_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MAILMIGRATOR_CONFIG", str(tmp_path / "absent.toml"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["status", "--state", "nosuch"])
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "'nosuch'" in line and "'failed'" in line and "'copying'" in line, line
