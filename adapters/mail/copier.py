@@ -86,6 +86,9 @@ class CopySettings:
     node: str
     lease_seconds: float
     batch_bytes: int = 1024 * 1024
+    # What is left to copy of an account, per folder connection beyond the first: below it, another login on
+    # each server costs more than copying over one connection.
+    bytes_per_folder_connection: int = 8 * 1024 * 1024
     batch_messages: int = 250
     checkpoint_interval: float = 1.0
     # How a step on the old server is tried again after a transient failure.
@@ -361,9 +364,17 @@ class MailboxCopier:
 
     async def _copy_account(self, job: AccountJob) -> AccountResult:
         started = time.monotonic()
+        # The planning connections copy the first folders too: a small account costs one login on each side.
+        # They hold one of the old server's tokens from the plan to the last folder.
+        first = self._connections(job)
         try:
-            checkpoints, plan, counts = await self._start(job)
-            await self._copy_folders(job, plan, checkpoints, counts)
+            async with self.source_limit.limiter:
+                try:
+                    checkpoints, plan, counts = await self._start(job, first)
+                    await self._copy_folders(job, plan, checkpoints, counts, first)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await first.close()
         except (AccountBusy, LeaseLost) as e:
             log.info("account held by another node", login=job.login, detail=str(e))
             return AccountResult(job.login, ok=False, error=str(e), busy=True)
@@ -371,16 +382,19 @@ class MailboxCopier:
             return await self._record_failure(job, e)
         return await self._record_completion(job, len(plan.folders), time.monotonic() - started)
 
-    async def _start(self, job: AccountJob) -> tuple[Checkpoints, FolderPlan, FolderCounts]:
+    def _connections(self, job: AccountJob) -> _FolderConnections:
+        return _FolderConnections(lambda: self.open_source(job.source), lambda: self.open_target(job.target))
+
+    async def _start(self, job: AccountJob, connections: _FolderConnections
+                     ) -> tuple[Checkpoints, FolderPlan, FolderCounts]:
         """Plan the folders, record the start (claiming the lease), and count what earlier copies did."""
         account = await self._store(lambda: self.service.account(job.login))
         checkpoints = dict(account.folders)
 
         async def plan() -> tuple[FolderPlan, FolderCounts]:
-            async with self.source_limit.limiter:
-                return await self._plan(job)
+            return await self._plan(job, connections)
 
-        folder_plan, counts = await self._with_retries(job, "planning", plan)
+        folder_plan, counts = await self._with_retries(job, "planning", plan, connections.close)
         await self._record_start(job, folder_plan, counts)
         for f in folder_plan.folders:
             cp = checkpoints.get(f.source)
@@ -475,40 +489,38 @@ class MailboxCopier:
         self.source_limit.succeeded()
         return result
 
-    async def _plan(self, job: AccountJob) -> tuple[FolderPlan, FolderCounts]:
+    async def _plan(self, job: AccountJob, connections: _FolderConnections) -> tuple[FolderPlan, FolderCounts]:
         """List both sides, map the folders, create them on the target and subscribe; count what is to copy."""
-        plan, counts = await trio.to_thread.run_sync(self._plan_blocking, job)
+        source, target = await connections.open()
+
+        def plan_and_create() -> tuple[FolderPlan, FolderCounts]:
+            plan, counts = account_plan(source, target, self.settings.exclude_folders)
+            _create_folders(target, plan)
+            return plan, counts
+
+        plan, counts = await trio.to_thread.run_sync(plan_and_create)
         for excluded in plan.excluded:
             log.info("folder excluded", login=job.login, folder=excluded.source, pattern=excluded.pattern)
         return plan, counts
 
-    def _plan_blocking(self, job: AccountJob) -> tuple[FolderPlan, FolderCounts]:
-        source = self.open_source(job.source)
-        target: ImapTarget | None = None
-        try:
-            target = self.open_target(job.target)
-            plan, counts = account_plan(source, target, self.settings.exclude_folders)
-            _create_folders(target, plan)
-            return plan, counts
-        finally:
-            source.close()
-            if target is not None:
-                target.close()
-
     async def _copy_folders(
-        self, job: AccountJob, plan: FolderPlan, checkpoints: Checkpoints, counts: FolderCounts
+        self, job: AccountJob, plan: FolderPlan, checkpoints: Checkpoints, counts: FolderCounts,
+        first: _FolderConnections,
     ) -> None:
-        """Copy the selectable folders, largest first, over at most `folder_connections` pairs of connections."""
+        """Copy the selectable folders, largest first, over `first` and up to `folder_connections` - 1 more pairs."""
         todo = sorted((f for f in plan.folders if f.selectable), key=lambda f: -counts.get(f.source, (0, 0))[1])
         send, receive = trio.open_memory_channel[PlannedFolder](len(todo))
         for folder in todo:
             send.send_nowait(folder)
         send.close()
-        workers = max(1, min(self.settings.folder_connections, len(todo)))
+        left = sum(max(0, counts.get(f.source, (0, 0))[1] - _copied_bytes(checkpoints, f.source)) for f in todo)
+        s = self.settings
+        workers = folder_workers(left, len(todo), s.folder_connections, s.bytes_per_folder_connection)
         try:
             async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(self._folder_worker, job, receive.clone(), checkpoints)
+                nursery.start_soon(self._folder_worker, job, receive.clone(), checkpoints, first)
+                for _ in range(workers - 1):
+                    nursery.start_soon(self._extra_folder_worker, job, receive.clone(), checkpoints)
         except BaseExceptionGroup as group:
             cause = _first_cause(group)
             if isinstance(cause, _SETTLED):
@@ -516,17 +528,34 @@ class MailboxCopier:
             raise
 
     async def _folder_worker(
-        self, job: AccountJob, folders: trio.MemoryReceiveChannel[PlannedFolder], checkpoints: Checkpoints
+        self, job: AccountJob, folders: trio.MemoryReceiveChannel[PlannedFolder], checkpoints: Checkpoints,
+        connections: _FolderConnections,
     ) -> None:
         """Copy folders from `folders` one after another, reusing one source and one target connection."""
-        connections = _FolderConnections(lambda: self.open_source(job.source), lambda: self.open_target(job.target))
-        async with folders, self.source_limit.limiter:
-            try:
-                async for folder in folders:
-                    await self._copy_folder_with_retries(job, folder, connections, checkpoints)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await connections.close()
+        async with folders:
+            async for folder in folders:
+                await self._copy_folder_with_retries(job, folder, connections, checkpoints)
+
+    async def _extra_folder_worker(
+        self, job: AccountJob, folders: trio.MemoryReceiveChannel[PlannedFolder], checkpoints: Checkpoints
+    ) -> None:
+        """A folder worker on connections of its own, holding an old-server token of its own while it runs.
+
+        It starts only when a token is free now: every account copy holds a token, so copies waiting for
+        more would wait on each other; with none free, the first worker copies every folder itself."""
+        limiter = self.source_limit.limiter
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            async with folders:
+                return
+        connections = self._connections(job)
+        try:
+            await self._folder_worker(job, folders, checkpoints, connections)
+        finally:
+            with trio.CancelScope(shield=True):
+                await connections.close()
+            limiter.release()
 
     async def _copy_folder_with_retries(
         self, job: AccountJob, folder: PlannedFolder, connections: _FolderConnections, checkpoints: Checkpoints
@@ -678,6 +707,17 @@ class _FolderConnections:
         for connection in (source, target):
             if connection is not None:
                 await trio.to_thread.run_sync(connection.close)
+
+
+def folder_workers(bytes_left: int, folders: int, most: int, bytes_per_connection: int) -> int:
+    """How many folder connections an account's copy opens: one, plus one per `bytes_per_connection`
+    left to copy, at most `most` and at most one per folder."""
+    return max(1, min(most, folders, 1 + bytes_left // max(1, bytes_per_connection)))
+
+
+def _copied_bytes(checkpoints: Checkpoints, folder: str) -> int:
+    checkpoint = checkpoints.get(folder)
+    return checkpoint.bytes if checkpoint is not None else 0
 
 
 def account_plan(source: MessageSource, target: ImapTarget,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ async def copy_through(relay: FaultRelay, tmp: Path, old: testbed.DovecotServer,
         users.append((login, password))
     servers = mail_servers(config)
     copier = copy_engine(config, app, servers, source_limit(config))
+    # Every folder over a connection of its own, as a big account's copy does: the old server's limit is met
+    # by one account's connections too, not only by the accounts' first connections at once.
+    copier.settings = dataclasses.replace(copier.settings, bytes_per_folder_connection=1)
     jobs = [AccountJob(login, servers.copy_plan(servers.source_name(login, login), login, password), servers.target_plan(login))
             for login, password in users]
     refused_before = relay.refused

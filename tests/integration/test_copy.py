@@ -43,6 +43,32 @@ def _extras(old: testbed.DovecotServer, login: str) -> dict[str, list[testbed.Me
     return {"INBOX": inbox, "Eltern/Kind": [orphan.record()]}
 
 
+def logins_of(server: testbed.DovecotServer, login: str) -> int:
+    """How many IMAP logins of `login` the server's log shows."""
+    return server.log_path.read_text(errors="replace").count(f"imap-login: Info: Login: user=<{login}>")
+
+
+def test_a_small_account_is_copied_over_one_connection_on_each_server_per_pass(
+    pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, new = pair
+    login, password = new_user(old, new)
+    for folder in ("INBOX", "INBOX.Work", "INBOX.Lists", "INBOX.Travel"):
+        testbed.seed_bulk(old, login, folder, [testbed.make_message(f"{login}-{folder}-{i}") for i in range(5)])
+    config = write_config(tmp_path, old, new)
+    old_before, new_before = logins_of(old, login), logins_of(new, login)
+    code, out, err = run_cli(capsys, monkeypatch, password + "\n", "--config", str(config), "migrate",
+                             "--user", login, "--password-stdin")
+    assert code == 0, err
+    # The old server: the password check, then one connection that plans and copies all ten folders.
+    assert logins_of(old, login) - old_before == 2
+    assert logins_of(new, login) - new_before <= 2
+    code, out, err = run_cli(capsys, monkeypatch, password + "\n", "--config", str(config), "verify", login,
+                             "--password-stdin")
+    assert code == 0, out + err
+
+
 def test_copy_keeps_every_folder_message_flag_date_and_subscription(
     pair: tuple[testbed.DovecotServer, testbed.DovecotServer], tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
