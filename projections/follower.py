@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from uuid import UUID
@@ -78,6 +78,26 @@ class MigrationViews:
 
     def catch_up(self, batch_size: int = BATCH_SIZE) -> int:
         """Apply every event not yet in the views; returns how many were applied."""
+        applied = self._apply_batches(batch_size)
+        self.sync_log_file()
+        self.sync_transport_map()
+        return applied
+
+    def replay(self, batch_size: int = REPLAY_BATCH_SIZE) -> int:
+        """Drop every view and the log file, then rebuild them from the first event."""
+        self.store.drop_all()
+        appender = None
+        if self.log_file is not None:
+            with self._locked_log() as f:
+                f.truncate(0)
+                self.store.set_logfile_state(str(self.log_file), 0, 0, os.fstat(f.fileno()).st_ino)
+            appender = self._batch_appender()
+        applied = self._apply_batches(batch_size, appender)
+        self.sync_log_file()
+        self.sync_transport_map(force=True)
+        return applied
+
+    def _apply_batches(self, batch_size: int, committed: Callable[[ViewBatch], None] | None = None) -> int:
         applied = 0
         table = self.app.recorder.events_table_name  # type: ignore[attr-defined]
         while True:
@@ -91,18 +111,8 @@ class MigrationViews:
             except StalePosition:
                 continue
             applied += len(rows)
-        self.sync_log_file()
-        self.sync_transport_map()
-        return applied
-
-    def replay(self) -> int:
-        """Drop every view and the log file, then rebuild them from the first event."""
-        self.store.drop_all()
-        if self.log_file is not None and self.log_file.exists():
-            with self._locked_log() as f:
-                f.truncate(0)
-        applied = self.catch_up(REPLAY_BATCH_SIZE)
-        self.sync_transport_map(force=True)
+            if committed is not None:
+                committed(batch)
         return applied
 
     def _fold(self, start: int, rows: Sequence[tuple[int, str, int, str, bytes]]) -> ViewBatch:
@@ -249,6 +259,34 @@ class MigrationViews:
             if appended or recorded is None:
                 self.store.set_logfile_state(path, written + appended, st.st_size, st.st_ino)
             return appended
+
+    def _batch_appender(self) -> Callable[[ViewBatch], None]:
+        """During a replay, each committed batch's lines go to the log file from memory, not read back.
+
+        Only while the file is where this replay left it: once anything else has written it (another process's
+        catch-up), the appender stops and the final `sync_log_file` copies the rest from the table."""
+        assert self.log_file is not None
+        path = str(self.log_file)
+        expected = self.store.logfile_state(path)
+
+        def append(batch: ViewBatch) -> None:
+            nonlocal expected
+            if expected is None or not batch.log_lines:
+                return
+            with self._locked_log() as f:
+                st = os.fstat(f.fileno())
+                if self.store.logfile_state(path) != expected or (st.st_size, st.st_ino) != expected[1:]:
+                    expected = None
+                    return
+                f.seek(0, os.SEEK_END)
+                f.write("".join(line + "\n" for *_, line in batch.log_lines).encode())
+                f.flush()
+                os.fsync(f.fileno())
+                st = os.fstat(f.fileno())
+                expected = (expected[0] + len(batch.log_lines), st.st_size, st.st_ino)
+                self.store.set_logfile_state(path, *expected)
+
+        return append
 
     def _locked_log(self) -> _LockedFile:
         assert self.log_file is not None

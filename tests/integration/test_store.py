@@ -81,6 +81,67 @@ def test_replay_rebuilds_exactly_the_live_views(tmp_path: Path, store_url: str) 
     wired.close()
 
 
+def live_views_with_a_log_file(tmp_path: Path, store_url: str) -> tuple[OpenStore, str]:
+    """Sample accounts followed live; returns the store and its log file's text."""
+    wired = open_wired(tmp_path, store_url)
+    record_sample_accounts(wired.app, 0, 5)
+    wired.views.catch_up()
+    return wired, (tmp_path / "migration.log").read_text()
+
+
+def test_replay_writes_the_log_file_from_its_batches_without_reading_the_log_back(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wired, live_file = live_views_with_a_log_file(tmp_path, store_url)
+    read_back: list[int] = []
+    real_chunks = wired.views.store.log_chunks
+    monkeypatch.setattr(wired.views.store, "log_chunks",
+                        lambda after, size: (read_back.append(after), real_chunks(after, size))[1])
+    wired.views.replay(batch_size=7)
+    assert (tmp_path / "migration.log").read_text() == live_file
+    # The final check finds nothing left to copy: it starts after the last line the batches wrote.
+    assert read_back == [len(live_file.splitlines())]
+    wired.close()
+
+
+def test_a_replay_cut_short_or_overtaken_leaves_the_log_file_exact(tmp_path: Path, store_url: str) -> None:
+    wired, live_file = live_views_with_a_log_file(tmp_path, store_url)
+    views, log_file = wired.views, tmp_path / "migration.log"
+    commit, commits = views.store.commit, 0
+
+    def commit_then_die_at_the_third(batch: ViewBatch) -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 3:
+            raise OSError("killed mid-replay")
+        commit(batch)
+
+    views.store.commit = commit_then_die_at_the_third  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        views.replay(batch_size=7)
+    views.store.commit = commit  # type: ignore[method-assign]
+    assert 0 < len(log_file.read_text()) < len(live_file)
+    views.catch_up()
+    assert log_file.read_text() == live_file
+
+    # Another process's catch-up writes the file in the middle of a replay: the replay stops appending.
+    other = open_wired(tmp_path, store_url)
+    commits = 0
+
+    def commit_while_another_follows(batch: ViewBatch) -> None:
+        nonlocal commits
+        commit(batch)
+        commits += 1
+        if commits == 2:
+            other.views.sync_log_file()
+
+    views.store.commit = commit_while_another_follows  # type: ignore[method-assign]
+    views.replay(batch_size=7)
+    assert log_file.read_text() == live_file
+    other.close()
+    wired.close()
+
+
 def test_account_view_tracks_lock_and_redirect(tmp_path: Path, store_url: str) -> None:
     wired = open_wired(tmp_path, store_url)
     app, views = wired.app, wired.views
