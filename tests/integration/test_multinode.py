@@ -188,8 +188,9 @@ def test_an_undecryptable_credential_is_reported_and_the_other_account_taken_ove
 ) -> None:
     url = pg_url(pg_database)
     good, bad = "takeover-good@example.com", "takeover-bad@example.com"
+    # Copies of 250 messages a batch through the slow link: each account is mid-copy, checkpointed, for seconds.
     for login in (good, bad):
-        seed_user(pair, login, messages=300)
+        seed_user(pair, login, messages=800)
     with started_behind_a_slow_link(pair, tmp_path, url) as nodes:
         for login in (good, bad):
             log_in_to_migrate(nodes[0], login)
@@ -204,7 +205,7 @@ def test_an_undecryptable_credential_is_reported_and_the_other_account_taken_ove
             wait_for(lambda: app.account(good).state == "completed", "node-2 to take the good account over",
                      timeout=40)
             assert app.account(good).node == "node-2"
-            assert message_count(pair.new, good) == 302
+            assert message_count(pair.new, good) == 802
             wait_for(lambda: app.account(bad).state == "failed", "the bad account to be reported", timeout=20)
             assert "credential_key_file" in (app.account(bad).last_error or "")
             assert any(r.get("login") == bad for r in nodes[1].log_events("stored credential does not decrypt"))
