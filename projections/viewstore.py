@@ -253,10 +253,17 @@ class ViewStore(SqlTables, TrackingRecorder):
                     (json.dumps(batch.run, sort_keys=True),),
                 )
             if batch.log_lines:
-                c.executemany(
-                    self.sql("INSERT INTO {p}mm_log (position, seq, login, line) VALUES (%s, %s, %s, %s)"),
-                    batch.log_lines,
-                )
+                self._insert_log(c, batch.log_lines)
+
+    def _insert_log(self, c: Any, lines: Sequence[tuple[int, int, str, str]]) -> None:
+        if self.postgres:
+            # A replay writes millions of log rows: COPY takes them several times faster than INSERTs.
+            with c.copy(self.sql("COPY {p}mm_log (position, seq, login, line) FROM STDIN")) as copy:
+                for row in lines:
+                    copy.write_row(row)
+        else:
+            c.executemany(self.sql("INSERT INTO {p}mm_log (position, seq, login, line) VALUES (%s, %s, %s, %s)"),
+                          lines)
 
     def _sums_of(self, c: Cursor, ids: Sequence[str]) -> dict[str, list[int]]:
         """What the accounts `ids` add to the totals of each state, as stored now."""
