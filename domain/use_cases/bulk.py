@@ -39,18 +39,21 @@ class MigrateMany:
     async def run(self, lines: Sequence[BulkLine], *, typed: str | None = None, method: str = "manual",
                   progress: Progress | None = None) -> list[MigrationOutcome]:
         """Migrate every line; the outcomes in the lines' order (`outcomes` has them as they finish)."""
-        # Accounts are verified and created up to `concurrency` ahead of the copies.
+        # Accounts are verified and created up to `concurrency` ahead of the copies, and no further: the
+        # accounts in flight, those copying and those made ready for a copy, are at most twice `concurrency`.
         slots = (trio.Semaphore(self.concurrency), trio.Semaphore(self.concurrency))
+        in_flight = trio.Semaphore(2 * self.concurrency)
         ordered: dict[int, MigrationOutcome] = {}
 
         async def one(index: int, line: BulkLine) -> None:
-            self.current.append(line.login)
-            try:
-                outcome = await self.migrate.with_password(
-                    typed or line.login, line.login, line.password,
-                    aliases=[line.alias] if line.alias else [], method=method, progress=progress, slots=slots)
-            finally:
-                self.current.remove(line.login)
+            async with in_flight:
+                self.current.append(line.login)
+                try:
+                    outcome = await self.migrate.with_password(
+                        typed or line.login, line.login, line.password,
+                        aliases=[line.alias] if line.alias else [], method=method, progress=progress, slots=slots)
+                finally:
+                    self.current.remove(line.login)
             ordered[index] = outcome
             self.outcomes.append(outcome)
             self.done += 1
