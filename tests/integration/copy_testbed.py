@@ -131,6 +131,12 @@ class FaultyRelay:
 
     def __exit__(self, *exc: object) -> None:
         self.stopped = True
+        # A close alone leaves the accept thread blocked on a socket still listening: a later relay given the
+        # same port number then had its connections taken by this one, to this one's upstream. Shutting the
+        # socket down wakes the thread.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
         with contextlib.suppress(OSError):
             self.listener.close()
 
