@@ -26,7 +26,7 @@ pytestmark = pytest.mark.dovecot
 
 BODY = "x" * 5000
 # Both passes read the old server through this slow link, so that each takes seconds.
-OLD_SIDE_BYTES_PER_SECOND = 400_000
+OLD_SIDE_BYTES_PER_SECOND = 250_000
 
 
 class Migration:
@@ -142,8 +142,8 @@ def test_serve_killed_mid_copy_keeps_identity_and_copies_nothing_twice_after_a_r
     seed(migration, 600)
 
     def mid_copy() -> None:
-        wait_for(lambda: migration.state() == "copying", "the copy to start")
-        # dsync commits every 100 messages: the first commit means it is fetching through the slow link.
+        # dsync commits every 100 messages: the first commit means it is fetching through the slow link. The
+        # state is checked after the kill: a CLI call per poll here could outlast the copy on a busy machine.
         wait_for(lambda: copied_so_far(migration) > 0, "the first messages on the new server")
         copied_at_kill.append(message_count(migration.new, migration.login))
 
