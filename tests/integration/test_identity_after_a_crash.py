@@ -26,7 +26,7 @@ pytestmark = pytest.mark.dovecot
 
 BODY = "x" * 5000
 # Both passes read the old server through this slow link, so that each takes seconds.
-OLD_SIDE_BYTES_PER_SECOND = 250_000
+OLD_SIDE_BYTES_PER_SECOND = 400_000
 
 
 class Migration:
@@ -76,10 +76,11 @@ class Migration:
             serve.send_signal(signal.SIGKILL)
             serve.wait(10)
 
-    def crash_and_restart(self, moment: Callable[[], None], killed_in: str) -> None:
+    def crash_and_restart(self, moment: Callable[[], None], killed_in: str,
+                          bytes_per_second: float = OLD_SIDE_BYTES_PER_SECOND) -> None:
         """Through the slow link: `serve` killed once `moment` returns (the account then `killed_in`), restarted
         until the account is completed."""
-        with FaultyRelay(("127.0.0.1", self.old.imap_port), bytes_per_second=OLD_SIDE_BYTES_PER_SECOND) as relay:
+        with FaultyRelay(("127.0.0.1", self.old.imap_port), bytes_per_second=bytes_per_second) as relay:
             self.configure(relay.port)
             self.kill_serve_when(moment)
             assert self.state() == killed_in, f"killed while {killed_in}"
@@ -149,7 +150,7 @@ def test_serve_killed_mid_copy_keeps_identity_and_copies_nothing_twice_after_a_r
 
     copied_at_kill: list[int] = []
 
-    migration.crash_and_restart(mid_copy, "copying")
+    migration.crash_and_restart(mid_copy, "copying", bytes_per_second=250_000)  # a 12 s copy to land in
     assert 0 < copied_at_kill[0] < 600, copied_at_kill
     migration.assert_equal_without_duplicates_and_identity_held()
     assert migration.events().count("MigrationStarted") >= 2, "the copy was resumed after the restart"
